@@ -1,8 +1,42 @@
-//! The agent: the one binary that runs on every host.
+//! The agent: the one binary that runs on every host of the mesh.
+//!
+//! `main` is thin: it parses the command line ([`cli`]), validates it into a
+//! [`config::Config`] and hands it to [`run`] (the daemon) or to one of the
+//! [`commands`] (which talk to a running agent through [`client`]).
 //!
 //! Layout:
-//! - [`tls`]: the cluster CA, node certificates, and the rustls configurations for mTLS.
+//! - [`cli`]: the command line, parsed with clap; no I/O.
+//! - [`config`]: validated settings of `agent run`; no I/O.
+//! - [`run`]: builds the components from a config and runs them until shutdown.
+//! - [`tls`]: the cluster CA, node certificates, peer identities, rustls configs for mTLS.
 //! - [`transport`]: one QUIC endpoint per pool carrying datagrams and RPC frames.
+//! - [`rpc`]: routes incoming RPC by kind and checks who may ask what.
+//! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
+//! - [`http`]: the Consul-compatible HTTP API.
+//! - [`client`]: a client of the HTTP API, for the commands and tests.
+//! - [`commands`]: `agent kv`, `agent tls`, `agent info`.
+//! - [`node_id`], [`logging`], [`signals`]: the node's stable id, logs, Ctrl-C/SIGTERM.
 
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod node_id;
+pub mod raft;
+pub mod rpc;
+pub mod run;
+pub mod signals;
 pub mod tls;
 pub mod transport;
+
+/// The host name, the default node name (`localhost` when it cannot be read).
+pub fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

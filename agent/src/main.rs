@@ -1,1 +1,68 @@
-fn main() {}
+//! `agent`: parse the command line, run the command, own the exit code
+//! (0 success, 1 an error reported on stderr, 2 bad usage).
+
+use std::process::ExitCode;
+
+use agent::cli::{Cli, Command};
+use agent::client::ApiClient;
+use agent::commands::{self, CommandError};
+use agent::config::Config;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits with 2 on bad usage
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let host = agent::host_name();
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let stdout = &mut std::io::stdout().lock();
+        match cli.command {
+            Command::Run(args) => {
+                let config = match Config::from_args(&args, &host) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        return Err(UsageError.into());
+                    }
+                };
+                agent::logging::init(&args.log_level);
+                let shutdown = CancellationToken::new();
+                agent::signals::cancel_on_signal(shutdown.clone())?;
+                agent::run::run(config, shutdown).await
+            }
+            Command::Kv(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                let stdin = &mut std::io::stdin().lock();
+                Ok(commands::kv::run(&client, args.command, stdin, stdout).await?)
+            }
+            Command::Tls(args) => Ok(commands::tls::run(args.command, &host, stdout)?),
+            Command::Info(args) => {
+                let client = ApiClient::new(&args.http_addr)?;
+                Ok(commands::info::run(&client, stdout).await?)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<UsageError>() => ExitCode::from(2),
+        Err(e) => {
+            match e.downcast_ref::<CommandError>() {
+                // Consul-style messages already say "Error!".
+                Some(CommandError::Failed(message)) => eprintln!("{message}"),
+                _ => eprintln!("Error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A usage error already reported on stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("bad usage")]
+struct UsageError;

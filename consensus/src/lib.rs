@@ -1,1 +1,66 @@
-//! placeholder
+//! Replicated KV state for the agent's servers: Raft (openraft 0.9) over LMDB.
+//!
+//! This crate owns:
+//! - the Raft type configuration and the replicated commands ([`TypeConfig`],
+//!   [`Request`], [`Response`]);
+//! - the Raft log on LMDB, written by one thread with group commit;
+//! - the KV state machine with Consul's semantics (indexes, CAS, tombstones) on LMDB, and
+//!   its snapshots as files;
+//! - a transport-agnostic network adapter: the application implements [`RaftTransport`]
+//!   and feeds received RPCs to [`RaftServer::handle_rpc`]; this crate opens no sockets;
+//! - the [`RaftServer`] facade: open, initialize, write, read, leadership, shutdown.
+//!
+//! # Layout
+//! - `types`: node ids, [`ServerNode`], [`TypeConfig`], [`Request`], [`Response`],
+//!   [`KvEntry`], size limits.
+//! - `kv`: Consul's KV rules (apply and index queries), independent of storage.
+//! - `lmdb`: opening LMDB environments.
+//! - `log_store`: the Raft log and vote on LMDB, with the group-commit writer thread.
+//! - `sm_db`: the state machine's LMDB tables.
+//! - `state_machine`: openraft's state machine over `sm_db`.
+//! - `snapshot`: snapshot files: format, build, install, the current snapshot on disk.
+//! - `reader`: [`KvReader`], concurrent local reads.
+//! - `network`: [`RaftTransport`], the RPC messages and their codec, openraft's network.
+//! - `proposer`: coalescing concurrent writes into few log entries.
+//! - `server`: [`RaftServer`] and [`ServerConfig`].
+//! - `error`: typed errors.
+//! - `testing` (feature `testing`): an in-memory transport and cluster helpers.
+//!
+//! # Data directory
+//! `<data_dir>/log` (LMDB: log entries, vote, committed id, purge point), `<data_dir>/sm`
+//! (LMDB: KV entries, tombstones, applied state), `<data_dir>/snapshots` (current
+//! snapshot file). The two environments fsync independently, so the log's and the state
+//! machine's commits overlap.
+
+#![warn(missing_docs)]
+
+mod error;
+mod kv;
+mod lmdb;
+mod log_store;
+mod network;
+mod proposer;
+mod reader;
+mod server;
+mod sm_db;
+mod snapshot;
+mod state_machine;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[cfg(test)]
+mod store_tests;
+
+pub use error::{
+    CodecError, Error, InvalidRequest, ReadError, StoreError, TransportError, WriteError,
+};
+pub use log_store::LogStoreMetrics;
+pub use network::{Network, NetworkClient, RaftRpcRequest, RaftRpcResponse, RaftTransport};
+pub use proposer::WriteOutcome;
+pub use reader::KvReader;
+pub use server::{InitOutcome, RaftServer, ServerConfig};
+pub use types::{
+    KvEntry, MAX_KEY_LEN, MAX_VALUE_LEN, NodeId, Request, Response, ServerNode, TypeConfig,
+};

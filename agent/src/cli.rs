@@ -1,0 +1,223 @@
+//! The command line: what the user typed, parsed and nothing more.
+//!
+//! Parsing does no I/O. `main` turns a [`Command`] into work: [`crate::run`] for the
+//! daemon, [`crate::commands`] for the commands that talk to a running agent or that
+//! make certificates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default address of the local agent's HTTP API.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+
+/// `agent`: one binary on every host of the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The sub-commands of `agent`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon.
+    Run(Box<RunArgs>),
+    /// Read and write the key/value store through the local agent.
+    Kv(KvArgs),
+    /// Make the cluster CA and node certificates.
+    Tls(TlsArgs),
+    /// Show the local agent's view of itself.
+    Info(HttpArgs),
+}
+
+/// Flags of `agent run` (DESIGN §3).
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Single server that bootstraps itself, with a temporary data dir (unless
+    /// --data-dir is given) and a CA and certificate made on the fly.
+    #[arg(long)]
+    pub dev: bool,
+    /// Node name, unique in its datacenter (default: host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Datacenter name.
+    #[arg(long, default_value = "dc1")]
+    pub dc: String,
+    /// Directory for persistent state (required unless --dev).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Run as a Raft server.
+    #[arg(long)]
+    pub server: bool,
+    /// Number of servers to see before Raft bootstraps.
+    #[arg(long, value_name = "N")]
+    pub bootstrap_expect: Option<u32>,
+    /// LAN QUIC address (gossip and RPC) [default: 0.0.0.0:8301; 127.0.0.1:8301 with --dev].
+    #[arg(long, value_name = "IP:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Address other agents use to reach this one [default: the bind address].
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
+    /// WAN QUIC address, servers only.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:8302")]
+    pub wan_bind: SocketAddr,
+    /// HTTP API address.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8500")]
+    pub http: SocketAddr,
+    /// DNS interface address.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8600")]
+    pub dns: SocketAddr,
+    /// LAN peer to join at start (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// WAN peer to join at start (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub join_wan: Vec<String>,
+    /// PEM file of the cluster CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How to reach the local agent's HTTP API.
+#[derive(Debug, Args, Clone)]
+pub struct HttpArgs {
+    /// Address of the agent's HTTP API.
+    #[arg(long, env = "AGENT_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, global = true)]
+    pub http_addr: String,
+}
+
+/// `agent kv ...`
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// The KV operation.
+    #[command(subcommand)]
+    pub command: KvCommand,
+}
+
+/// The KV operations.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Write VALUE at KEY ("-" reads the value from stdin; no VALUE writes an empty one).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or "-" for stdin.
+        value: Option<String>,
+        /// Check-and-set: write only if the key's ModifyIndex is --modify-index
+        /// (0: only if the key does not exist).
+        #[arg(long, requires = "modify_index")]
+        cas: bool,
+        /// The ModifyIndex that --cas expects.
+        #[arg(long, value_name = "N")]
+        modify_index: Option<u64>,
+        /// Opaque 64-bit flags stored with the key.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        flags: u64,
+    },
+    /// Print the value at KEY.
+    Get {
+        /// The key (or prefix with --recurse / --keys).
+        key: String,
+        /// Print every key under the prefix with its value.
+        #[arg(long)]
+        recurse: bool,
+        /// Print only the key names under the prefix, rolled up at "/".
+        #[arg(long)]
+        keys: bool,
+        /// Print every field of the entry.
+        #[arg(long)]
+        detailed: bool,
+    },
+    /// Delete KEY (or every key under the prefix with --recurse).
+    Delete {
+        /// The key or prefix.
+        key: String,
+        /// Delete every key under the prefix.
+        #[arg(long)]
+        recurse: bool,
+    },
+}
+
+/// `agent tls ...`
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// What to create.
+    #[command(subcommand)]
+    pub command: TlsCommand,
+}
+
+/// `agent tls ca|cert`
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// The cluster certificate authority.
+    Ca {
+        /// The CA action.
+        #[command(subcommand)]
+        command: TlsCaCommand,
+    },
+    /// Node certificates signed by the cluster CA.
+    Cert {
+        /// The certificate action.
+        #[command(subcommand)]
+        command: TlsCertCommand,
+    },
+}
+
+/// `agent tls ca create`
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Write agent-ca.pem and agent-ca-key.pem.
+    Create {
+        /// Directory to write into.
+        #[arg(long, value_name = "D", default_value = ".")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = crate::tls::CA_DAYS)]
+        days: u32,
+    },
+}
+
+/// `agent tls cert create`
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Write NAME.pem and NAME-key.pem signed by the CA in --dir.
+    Create {
+        /// A server certificate (SAN server.<dc>.agent, localhost, 127.0.0.1).
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        server: bool,
+        /// A client certificate (SAN client.<dc>.agent).
+        #[arg(long)]
+        client: bool,
+        /// Datacenter of the node.
+        #[arg(long)]
+        dc: String,
+        /// Node name carried by the certificate (default: host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Base name of the files to write.
+        #[arg(long, value_name = "NAME")]
+        out: String,
+        /// Directory holding the CA, where the files are written.
+        #[arg(long, value_name = "D", default_value = ".")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = crate::tls::LEAF_DAYS)]
+        days: u32,
+    },
+}

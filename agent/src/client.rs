@@ -1,0 +1,248 @@
+//! A small client of the agent's HTTP API, for the CLI commands and for tests.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A KV entry as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KvPair {
+    /// The key.
+    pub key: String,
+    /// Base64 of the value, `None` for an empty value.
+    pub value: Option<String>,
+    /// Opaque flags.
+    pub flags: u64,
+    /// Index of the write that created the key.
+    pub create_index: u64,
+    /// Index of the last write to the key.
+    pub modify_index: u64,
+    /// How many times the key's lock was acquired.
+    pub lock_index: u64,
+    /// The session holding the lock, if any.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+impl KvPair {
+    /// The decoded value.
+    pub fn value_bytes(&self) -> Result<Vec<u8>, ClientError> {
+        match &self.value {
+            None => Ok(Vec::new()),
+            Some(text) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| ClientError::Decode(format!("value of {}: {e}", self.key))),
+        }
+    }
+}
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The agent could not be reached or the connection broke.
+    #[error("cannot reach the agent at {addr}: {source}")]
+    Unreachable {
+        /// Where we tried.
+        addr: String,
+        /// Why it failed.
+        source: reqwest::Error,
+    },
+    /// The agent answered with an error status.
+    #[error("the agent answered {status}: {message}")]
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// The agent's plain-text reason.
+        message: String,
+    },
+    /// The agent's answer could not be decoded.
+    #[error("unexpected answer from the agent: {0}")]
+    Decode(String),
+}
+
+/// A client of one agent's HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client of the agent at `addr` (`127.0.0.1:8500` or `http://127.0.0.1:8500`).
+    pub fn new(addr: &str) -> Result<ApiClient, ClientError> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", addr.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|source| ClientError::Unreachable {
+                addr: base.clone(),
+                source,
+            })?;
+        Ok(ApiClient { base, http })
+    }
+
+    /// The URL of a KV key.
+    fn kv_url(&self, key: &str, query: &str) -> String {
+        let mut url = format!("{}/v1/kv/{}", self.base, encode_key(key));
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                addr: self.base.clone(),
+                source,
+            })
+    }
+
+    async fn body_text(&self, response: reqwest::Response) -> Result<String, ClientError> {
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                addr: self.base.clone(),
+                source,
+            })
+    }
+
+    /// Turns an error status into [`ClientError::Status`].
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let message = self.body_text(response).await.unwrap_or_default();
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            message: message.trim().to_string(),
+        })
+    }
+
+    async fn json<T: for<'de> Deserialize<'de>>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let text = self.body_text(response).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode(format!("{e}: {text}")))
+    }
+
+    /// `PUT /v1/kv/<key>`; `Ok(false)` when a check-and-set did not apply.
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<bool, ClientError> {
+        let mut query = format!("flags={flags}");
+        if let Some(index) = cas {
+            query.push_str(&format!("&cas={index}"));
+        }
+        let response = self
+            .send(self.http.put(self.kv_url(key, &query)).body(value))
+            .await?;
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `GET /v1/kv/<key>` (`?recurse` when `recurse`); an empty list when absent.
+    pub async fn kv_get(&self, key: &str, recurse: bool) -> Result<Vec<KvPair>, ClientError> {
+        let query = if recurse { "recurse" } else { "" };
+        let response = self.send(self.http.get(self.kv_url(key, query))).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `GET /v1/kv/<prefix>?keys&separator=<sep>`.
+    pub async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+    ) -> Result<Vec<String>, ClientError> {
+        let query = match separator {
+            Some(sep) => format!("keys&separator={}", encode_key(sep)),
+            None => "keys".to_string(),
+        };
+        let response = self
+            .send(self.http.get(self.kv_url(prefix, &query)))
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `DELETE /v1/kv/<key>` (`?recurse` when `recurse`).
+    pub async fn kv_delete(&self, key: &str, recurse: bool) -> Result<bool, ClientError> {
+        let query = if recurse { "recurse" } else { "" };
+        let response = self.send(self.http.delete(self.kv_url(key, query))).await?;
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `GET <path>` decoded as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .send(self.http.get(format!("{}{}", self.base, path)))
+            .await?;
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping `/` and unreserved characters.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_for_paths() {
+        assert_eq!(encode_key("a/b-c_d.e~"), "a/b-c_d.e~");
+        assert_eq!(encode_key("a b#c?d%"), "a%20b%23c%3Fd%25");
+        assert_eq!(encode_key("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn addresses_become_base_urls() {
+        assert_eq!(
+            ApiClient::new("127.0.0.1:8500").unwrap().base,
+            "http://127.0.0.1:8500"
+        );
+        assert_eq!(
+            ApiClient::new("http://127.0.0.1:1/").unwrap().base,
+            "http://127.0.0.1:1"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP API (DESIGN §4), Consul-compatible where the path exists in Consul.
+//!
+//! [`serve`] takes its listener and its shutdown token, so tests bind `127.0.0.1:0` and
+//! stop it at will. Handlers live in one module per area of the API.
+
+mod agent;
+mod error;
+mod kv;
+mod params;
+mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use consensus::{ReadError, Request, Response as RaftResponse, WriteError};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use params::{Consistency, Params, parse_go_duration};
+
+use crate::raft::Raft;
+
+/// Facts about this agent that the API reports.
+#[derive(Debug, Clone)]
+pub struct SelfInfo {
+    /// Node name.
+    pub node: String,
+    /// Datacenter.
+    pub dc: String,
+    /// Stable node id (`<data-dir>/node-id`).
+    pub node_id: String,
+    /// Whether this agent is a Raft server.
+    pub server: bool,
+    /// Address other agents reach this one at (LAN QUIC).
+    pub advertise: std::net::SocketAddr,
+}
+
+/// What the handlers serve from. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<ApiInner>,
+}
+
+struct ApiInner {
+    info: SelfInfo,
+    raft: Option<Raft>,
+}
+
+impl ApiState {
+    /// The state of an agent; `raft` is `Some` on servers.
+    pub fn new(info: SelfInfo, raft: Option<Raft>) -> ApiState {
+        ApiState {
+            inner: Arc::new(ApiInner { info, raft }),
+        }
+    }
+
+    /// This agent's facts.
+    pub fn info(&self) -> &SelfInfo {
+        &self.inner.info
+    }
+
+    /// The local Raft server, or the answer a client agent gives while it cannot
+    /// reach one.
+    fn raft(&self) -> Result<&Raft, ApiError> {
+        self.inner
+            .raft
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("No known Consul servers"))
+    }
+}
+
+/// The routes of the API.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .route("/v1/agent/self", get(agent::self_))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// Serves the API on `listener` until `shutdown` fires, then finishes the requests in
+/// flight and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// A JSON response body.
+fn json<T: Serialize + ?Sized>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::internal(format!("encoding the response: {e}")).into_response(),
+    }
+}
+
+/// The headers of every read: `X-Consul-Index` (never 0), `X-Consul-KnownLeader`,
+/// `X-Consul-LastContact` (milliseconds).
+fn read_headers(raft: &Raft, index: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    put("x-consul-index", index.max(1).to_string());
+    put("x-consul-knownleader", raft.leader().is_some().to_string());
+    put(
+        "x-consul-lastcontact",
+        raft.last_contact()
+            .unwrap_or_default()
+            .as_millis()
+            .to_string(),
+    );
+    headers
+}
+
+/// Makes sure a read in `mode` may be answered from this server's state.
+async fn prepare_read(raft: &Raft, mode: Consistency) -> Result<(), ApiError> {
+    match mode {
+        Consistency::Stale => Ok(()),
+        Consistency::Default => {
+            if raft.is_leader() {
+                Ok(())
+            } else {
+                Err(not_leader(raft))
+            }
+        }
+        Consistency::Consistent => raft.ensure_linearizable().await.map_err(read_error),
+    }
+}
+
+fn not_leader(raft: &Raft) -> ApiError {
+    leader_elsewhere(raft.leader().map(|(_, node)| node))
+}
+
+/// Proposes a command whose answer is a boolean (KV set, CAS, delete).
+async fn write_bool(raft: &Raft, request: Request) -> Result<bool, ApiError> {
+    let outcome = raft.write(request).await.map_err(write_error)?;
+    match outcome.response {
+        RaftResponse::Bool(applied) => Ok(applied),
+        RaftResponse::Rejected(reason) => Err(ApiError::internal(format!(
+            "the state machine rejected the write: {reason}"
+        ))),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer from the state machine: {other:?}"
+        ))),
+    }
+}
+
+fn write_error(error: WriteError) -> ApiError {
+    match error {
+        WriteError::Invalid(reason) if reason.is_too_large() => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason.to_string())
+        }
+        WriteError::Invalid(reason) => ApiError::bad_request(reason.to_string()),
+        WriteError::ForwardToLeader { leader_node, .. } => leader_elsewhere(leader_node),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn read_error(error: ReadError) -> ApiError {
+    match error {
+        ReadError::ForwardToLeader { leader_node, .. } => leader_elsewhere(leader_node),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// The answer while requests cannot be forwarded to the leader on another server.
+fn leader_elsewhere(leader: Option<consensus::ServerNode>) -> ApiError {
+    match leader {
+        None => ApiError::internal("No cluster leader"),
+        Some(node) => ApiError::internal(format!(
+            "this server is not the leader; the leader is {} ({})",
+            node.name, node.addr
+        )),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; a larger one is answered 413 with
+/// `message(limit)` as soon as the limit is crossed.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    message: impl Fn(usize) -> String,
+) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message(limit)));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,69 @@
+//! Raft over the LAN QUIC endpoint: the agent's implementation of
+//! [`consensus::RaftTransport`].
+//!
+//! A call dials (or reuses) the connection to the target server's advertised address,
+//! sends the request as an RPC of kind [`RpcKind::Raft`], and refuses an answer from a
+//! peer whose certificate does not name it a server of our datacenter.
+
+use std::net::SocketAddr;
+
+use consensus::{NodeId, RaftRpcRequest, RaftRpcResponse, ServerNode, TransportError};
+
+use crate::rpc::{RpcKind, frame};
+use crate::transport::Transport;
+
+/// The Raft server of an agent.
+pub type Raft = consensus::RaftServer;
+
+/// Sends Raft RPC over QUIC with mTLS.
+#[derive(Clone)]
+pub struct QuicRaftTransport {
+    transport: Transport,
+    dc: String,
+}
+
+impl QuicRaftTransport {
+    /// Raft RPC of datacenter `dc` over `transport`.
+    pub fn new(transport: Transport, dc: String) -> QuicRaftTransport {
+        QuicRaftTransport { transport, dc }
+    }
+}
+
+impl consensus::RaftTransport for QuicRaftTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        node: &ServerNode,
+        request: RaftRpcRequest,
+    ) -> Result<RaftRpcResponse, TransportError> {
+        let addr: SocketAddr = node.addr.parse().map_err(|_| {
+            TransportError::Unreachable(format!(
+                "server {target} has no valid address: {:?}",
+                node.addr
+            ))
+        })?;
+        let body = request
+            .to_bytes()
+            .map_err(|e| TransportError::Network(format!("encoding: {e}")))?;
+        let reply = self
+            .transport
+            .call(addr, frame(RpcKind::Raft, &body))
+            .await
+            .map_err(|e| match e {
+                crate::transport::TransportError::Dial { .. }
+                | crate::transport::TransportError::DialTimeout { .. }
+                | crate::transport::TransportError::Backoff { .. } => {
+                    TransportError::Unreachable(e.to_string())
+                }
+                other => TransportError::Network(other.to_string()),
+            })?;
+        if !reply.peer.is_server_of(&self.dc) {
+            return Err(TransportError::Network(format!(
+                "{addr} answered as {}, not as a server of {}",
+                reply.peer, self.dc
+            )));
+        }
+        RaftRpcResponse::from_bytes(&reply.body)
+            .map_err(|e| TransportError::Network(format!("decoding the answer of {addr}: {e}")))
+    }
+}

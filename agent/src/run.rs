@@ -1,0 +1,235 @@
+//! `agent run`: build the components from a [`Config`] and run them until shutdown.
+//!
+//! Order of start: data dir → node id → mTLS material → LAN QUIC endpoint (with the RPC
+//! router) → Raft server (servers) → HTTP API. Every task is tracked and ends when the
+//! shutdown token fires; then the HTTP API drains, Raft stops and the endpoint closes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use consensus::{RaftServer, ServerConfig, ServerNode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, DataDir, TlsSource};
+use crate::http::{self, ApiState, SelfInfo};
+use crate::node_id;
+use crate::raft::{QuicRaftTransport, Raft};
+use crate::rpc::RpcRouter;
+use crate::tls::{self, Role, TlsMaterial};
+use crate::transport::{Transport, TransportConfig};
+
+/// Runs the agent described by `config` until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let agent = Agent::start(config, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    agent.stop().await;
+    Ok(())
+}
+
+/// A running agent: its components and the tasks that serve them.
+pub struct Agent {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    transport: Transport,
+    raft: Option<Raft>,
+    http_addr: SocketAddr,
+    lan_addr: SocketAddr,
+    // Removed when the agent is dropped (a `--dev` agent without `--data-dir`).
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Starts every component of the agent described by `config`. The agent runs until
+    /// `shutdown` is cancelled; then [`Agent::stop`] finishes the shutdown.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Agent> {
+        let (data_dir, temporary) = prepare_data_dir(&config.data_dir)?;
+        let node_id = node_id::load_or_create(&data_dir)?;
+        let tls = load_tls(&config)?;
+
+        let tracker = TaskTracker::new();
+        let router = Arc::new(RpcRouter::new(config.dc.clone()));
+        let (transport, datagrams) = Transport::bind(
+            TransportConfig::new(config.bind, tls::ALPN_LAN),
+            &tls,
+            router.clone(),
+            shutdown.child_token(),
+        )
+        .with_context(|| format!("binding the LAN endpoint on {}", config.bind))?;
+        // Gossip is the only reader of datagrams; until it runs they are not read.
+        drop(datagrams);
+        let lan_addr = transport.local_addr();
+        // With port 0 the advertised port is the one the system picked.
+        let advertise = if config.advertise.port() == 0 {
+            SocketAddr::new(config.advertise.ip(), lan_addr.port())
+        } else {
+            config.advertise
+        };
+
+        let raft = if config.server {
+            let node = ServerNode {
+                name: config.node.clone(),
+                addr: advertise.to_string(),
+            };
+            let raft = start_raft(
+                &config,
+                &data_dir,
+                node_id::raft_id(&node_id),
+                node,
+                &transport,
+            )
+            .await?;
+            router.set_raft(raft.clone());
+            Some(raft)
+        } else {
+            None
+        };
+
+        let listener = TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("binding the HTTP API on {}", config.http))?;
+        let http_addr = listener.local_addr()?;
+        let state = ApiState::new(
+            SelfInfo {
+                node: config.node.clone(),
+                dc: config.dc.clone(),
+                node_id: node_id.to_string(),
+                server: config.server,
+                advertise,
+            },
+            raft.clone(),
+        );
+        let http_shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = http::serve(listener, state, http_shutdown).await {
+                tracing::warn!("HTTP API stopped with an error: {e}");
+            }
+        });
+        tracker.close();
+
+        tracing::info!(
+            node = %config.node,
+            dc = %config.dc,
+            node_id = %node_id,
+            server = config.server,
+            lan = %lan_addr,
+            http = %http_addr,
+            data_dir = %data_dir.display(),
+            "agent running"
+        );
+        Ok(Agent {
+            shutdown,
+            tracker,
+            transport,
+            raft,
+            http_addr,
+            lan_addr,
+            _temporary: temporary,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the LAN QUIC endpoint listens.
+    pub fn lan_addr(&self) -> SocketAddr {
+        self.lan_addr
+    }
+
+    /// Cancels the shutdown token (if it was not already) and waits until every
+    /// component has stopped: the HTTP API drains, Raft stops, the endpoint closes.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tracing::info!("shutting down");
+        self.tracker.wait().await;
+        if let Some(raft) = self.raft {
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!("stopping Raft: {e}");
+            }
+        }
+        self.transport.shutdown().await;
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Creates the data dir (or a temporary one, removed when the guard drops).
+fn prepare_data_dir(dir: &DataDir) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        DataDir::Persistent(path) => {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating the data dir {}", path.display()))?;
+            Ok((path.clone(), None))
+        }
+        DataDir::Temporary => {
+            let temp = tempfile::Builder::new()
+                .prefix("agent-dev-")
+                .tempdir()
+                .context("creating a temporary data dir")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+/// Loads or makes the mTLS material and checks that it fits this agent.
+fn load_tls(config: &Config) -> anyhow::Result<TlsMaterial> {
+    let material = match &config.tls {
+        TlsSource::Generated => tls::dev_material(&config.dc, &config.node)
+            .context("making the development CA and certificate")?,
+        TlsSource::Files { ca, cert, key } => {
+            TlsMaterial::load(ca, cert, key).context("loading the TLS files")?
+        }
+    };
+    let me = material.identity();
+    if me.dc != config.dc {
+        bail!(
+            "the certificate is for datacenter {:?} but the agent runs in {:?}",
+            me.dc,
+            config.dc
+        );
+    }
+    if me.node != config.node {
+        bail!(
+            "the certificate is for node {:?} but the agent is named {:?} (set --node)",
+            me.node,
+            config.node
+        );
+    }
+    if config.server && me.role != Role::Server {
+        bail!("a server needs a server certificate (agent tls cert create --server)");
+    }
+    Ok(material)
+}
+
+/// Opens the Raft server and bootstraps it when this agent alone is expected.
+async fn start_raft(
+    config: &Config,
+    data_dir: &Path,
+    id: u64,
+    node: ServerNode,
+    transport: &Transport,
+) -> anyhow::Result<Raft> {
+    let raft = RaftServer::open(
+        ServerConfig::new(id, node.clone(), data_dir.join("raft")),
+        QuicRaftTransport::new(transport.clone(), config.dc.clone()),
+    )
+    .await
+    .context("opening the Raft state")?;
+    match config.bootstrap_expect {
+        Some(1) => {
+            raft.initialize(BTreeMap::from([(id, node)]))
+                .await
+                .context("bootstrapping the single-server cluster")?;
+        }
+        Some(n) => bail!(
+            "--bootstrap-expect {n} needs gossip to discover the other servers, which this agent does not run yet"
+        ),
+        None => {}
+    }
+    Ok(raft)
+}

@@ -1,0 +1,446 @@
+//! Process tests of `agent run --dev`: the built binary on a loopback address of its own,
+//! driven over HTTP and through the CLI, killed with SIGKILL and restarted.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{AgentProcess, cli_with_stdin, free_port, free_udp_port};
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = SocketAddr::new(ip(21), free_port(ip(21)));
+    let lan = SocketAddr::new(ip(21), free_udp_port(ip(21)));
+    let mut agent = AgentProcess::dev_on(http, lan, &data, dir.path());
+    agent.wait_ready().await;
+
+    let client = reqwest::Client::new();
+    // One key written before the crash, to compare its indexes after the restart.
+    let put = client
+        .put(agent.url("/v1/kv/before?flags=7"))
+        .body("steady")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.text().await.unwrap(), "true");
+    let before: serde_json::Value = client
+        .get(agent.url("/v1/kv/before"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Writers keep writing distinct keys; every write the agent acknowledged is recorded.
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let client = client.clone();
+        let acked = acked.clone();
+        let base = agent.url("/v1/kv/");
+        writers.push(tokio::spawn(async move {
+            for i in 0..10_000 {
+                let key = format!("w{w}/k{i:05}");
+                let value = format!("value-{w}-{i}");
+                let answer = client
+                    .put(format!("{base}{key}"))
+                    .body(value.clone())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status().is_success() => {
+                        if response.text().await.ok().as_deref() == Some("true") {
+                            acked.lock().unwrap().insert(key, value);
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Let writes flow, then kill the agent while they are in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.kill9();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+
+    let mut agent = AgentProcess::dev_on(http, lan, &data, dir.path());
+    agent.wait_ready().await;
+    for (key, value) in &acked {
+        let response = client
+            .get(agent.url(&format!("/v1/kv/{key}?raw")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "acknowledged key {key} lost");
+        assert_eq!(&response.text().await.unwrap(), value, "value of {key}");
+    }
+    let after: serde_json::Value = client
+        .get(agent.url("/v1/kv/before"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before, after, "indexes and flags survive the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_kv_follows_consul() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProcess::dev(ip(22), &dir.path().join("data"), dir.path());
+    agent.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| agent.url(path);
+
+    // Missing key: 404 with an index header.
+    let missing = client.get(url("/v1/kv/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let index: u64 = missing.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(index >= 1);
+    assert_eq!(missing.headers()["x-consul-knownleader"], "true");
+    assert!(missing.headers().contains_key("x-consul-lastcontact"));
+
+    // PUT returns true; GET returns a JSON array with base64 and Consul's fields.
+    let put = client
+        .put(url("/v1/kv/a%20b/c?flags=42"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(put.text().await.unwrap(), "true");
+    let got = client.get(url("/v1/kv/a%20b/c")).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    let index: u64 = got.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = got.json().await.unwrap();
+    let entry = &body[0];
+    assert_eq!(entry["Key"], "a b/c");
+    assert_eq!(entry["Value"], "aGVsbG8=");
+    assert_eq!(entry["Flags"], 42);
+    assert_eq!(entry["LockIndex"], 0);
+    assert_eq!(entry["CreateIndex"], entry["ModifyIndex"]);
+    assert_eq!(entry["ModifyIndex"].as_u64().unwrap(), index);
+    assert!(entry.get("Session").is_none());
+
+    // An update keeps CreateIndex, raises ModifyIndex, resets flags without ?flags.
+    client
+        .put(url("/v1/kv/a%20b/c"))
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = client
+        .get(url("/v1/kv/a%20b/c"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body[0]["CreateIndex"], entry["CreateIndex"]);
+    assert!(body[0]["ModifyIndex"].as_u64() > entry["ModifyIndex"].as_u64());
+    assert_eq!(body[0]["Flags"], 0);
+    assert!(body[0]["Value"].is_null(), "an empty value is null");
+
+    // ?raw gives the bytes.
+    client
+        .put(url("/v1/kv/raw"))
+        .body(vec![0u8, 159, 146, 150])
+        .send()
+        .await
+        .unwrap();
+    let raw = client.get(url("/v1/kv/raw?raw")).send().await.unwrap();
+    assert_eq!(raw.bytes().await.unwrap().as_ref(), &[0u8, 159, 146, 150]);
+
+    // CAS: 0 creates only if absent; a stale index fails with 200 false.
+    let cas = |q: &'static str| client.put(url(&format!("/v1/kv/cas?{q}"))).body("v").send();
+    assert_eq!(cas("cas=0").await.unwrap().text().await.unwrap(), "true");
+    assert_eq!(cas("cas=0").await.unwrap().text().await.unwrap(), "false");
+    assert_eq!(cas("cas=1").await.unwrap().text().await.unwrap(), "false");
+
+    // recurse and keys.
+    client
+        .put(url("/v1/kv/tree/x"))
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    client
+        .put(url("/v1/kv/tree/y/z"))
+        .body("2")
+        .send()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = client
+        .get(url("/v1/kv/tree/?recurse"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let keys: Vec<String> = client
+        .get(url("/v1/kv/tree/?keys&separator=/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys, ["tree/x", "tree/y/"]);
+
+    // DELETE: true, also for a missing key; recurse removes the tree.
+    let deleted = client.delete(url("/v1/kv/tree/x")).send().await.unwrap();
+    assert_eq!(deleted.text().await.unwrap(), "true");
+    let deleted = client.delete(url("/v1/kv/never-was")).send().await.unwrap();
+    assert_eq!(deleted.text().await.unwrap(), "true");
+    client
+        .delete(url("/v1/kv/tree?recurse"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .get(url("/v1/kv/tree/y/z"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Bad input: 413 over 512 KiB, 400 for an invalid key or parameter.
+    let big = client
+        .put(url("/v1/kv/big"))
+        .body(vec![b'x'; 512 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let just_fits = client
+        .put(url("/v1/kv/fits"))
+        .body(vec![b'x'; 512 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(just_fits.status(), 200);
+    let long_key = "k".repeat(600);
+    let long = client
+        .put(url(&format!("/v1/kv/{long_key}")))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 400);
+    let no_key = client.put(url("/v1/kv/")).body("v").send().await.unwrap();
+    assert_eq!(no_key.status(), 400);
+    assert!(no_key.text().await.unwrap().contains("Missing key name"));
+    let bad_flags = client
+        .put(url("/v1/kv/k?flags=x"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_flags.status(), 400);
+    let both = client
+        .get(url("/v1/kv/k?stale&consistent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 400);
+
+    // Reads in every consistency mode.
+    for mode in ["", "?stale", "?consistent"] {
+        let r = client
+            .get(url(&format!("/v1/kv/fits{mode}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "mode {mode}");
+    }
+
+    // Status and self.
+    let leader: String = client
+        .get(url("/v1/status/leader"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leader, agent.lan.to_string());
+    let peers: Vec<String> = client
+        .get(url("/v1/status/peers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(peers, [leader]);
+    let me: serde_json::Value = client
+        .get(url("/v1/agent/self"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["Config"]["NodeName"], "dev-node");
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert_eq!(me["Config"]["Server"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_round_trip_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProcess::dev(ip(23), &dir.path().join("data"), dir.path());
+    agent.wait_ready().await;
+
+    let put = agent.cli(&["kv", "put", "app/color", "blue"]);
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert_eq!(text(&put.stdout), "Success! Data written to: app/color\n");
+
+    let get = agent.cli(&["kv", "get", "app/color"]);
+    assert_eq!(get.status.code(), Some(0));
+    assert_eq!(text(&get.stdout), "blue\n");
+
+    let from_stdin = cli_with_stdin(
+        &agent.http.to_string(),
+        &["kv", "put", "app/motd", "-"],
+        Some(b"hi there"),
+    );
+    assert!(from_stdin.status.success());
+    assert_eq!(
+        text(&agent.cli(&["kv", "get", "app/motd"]).stdout),
+        "hi there\n"
+    );
+
+    let detailed = agent.cli(&["kv", "get", "--detailed", "app/color"]);
+    let out = text(&detailed.stdout);
+    assert!(out.contains("Key              app/color"), "{out}");
+    assert!(out.contains("Value            blue"), "{out}");
+    assert!(out.contains("Session          -"), "{out}");
+
+    let recurse = agent.cli(&["kv", "get", "--recurse", "app/"]);
+    assert_eq!(text(&recurse.stdout), "app/color:blue\napp/motd:hi there\n");
+    let keys = agent.cli(&["kv", "get", "--keys", ""]);
+    assert_eq!(text(&keys.stdout), "app/\n");
+
+    let cas = agent.cli(&[
+        "kv",
+        "put",
+        "--cas",
+        "--modify-index",
+        "0",
+        "app/color",
+        "red",
+    ]);
+    assert_eq!(cas.status.code(), Some(1));
+    assert!(text(&cas.stderr).contains("CAS failed"));
+
+    let delete = agent.cli(&["kv", "delete", "app/color"]);
+    assert!(delete.status.success());
+    assert_eq!(text(&delete.stdout), "Success! Deleted key: app/color\n");
+
+    let missing = agent.cli(&["kv", "get", "app/color"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        text(&missing.stderr),
+        "Error! No key exists at: app/color\n"
+    );
+
+    let usage = agent.cli(&["kv", "put"]);
+    assert_eq!(usage.status.code(), Some(2), "bad usage exits 2");
+
+    let unreachable = cli_with_stdin("127.0.0.1:1", &["kv", "get", "x"], None);
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(text(&unreachable.stderr).contains("cannot reach the agent"));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProcess::dev(ip(24), &dir.path().join("data"), dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(agent.wait_ready());
+    agent.signal("TERM");
+    let code = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "log:\n{}", agent.log_text());
+    assert!(agent.log_text().contains("agent stopped"));
+}
+
+#[test]
+fn tls_commands_make_files_and_never_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| cli_with_stdin("127.0.0.1:1", args, None);
+
+    let ca = run(&["tls", "ca", "create", "--dir", d]);
+    assert!(ca.status.success(), "{}", text(&ca.stderr));
+    let server = run(&[
+        "tls", "cert", "create", "--server", "--dc", "dc1", "--node", "s1", "--out", "s1", "--dir",
+        d,
+    ]);
+    assert!(server.status.success(), "{}", text(&server.stderr));
+    let client = run(&[
+        "tls", "cert", "create", "--client", "--dc", "dc1", "--node", "c1", "--out", "c1", "--dir",
+        d,
+    ]);
+    assert!(client.status.success(), "{}", text(&client.stderr));
+    for key in ["agent-ca-key.pem", "s1-key.pem", "c1-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+
+    let ca_before = std::fs::read(dir.path().join("agent-ca.pem")).unwrap();
+    let again = run(&["tls", "ca", "create", "--dir", d]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("agent-ca.pem")).unwrap(),
+        ca_before
+    );
+
+    let usage = run(&[
+        "tls", "cert", "create", "--server", "--client", "--dc", "dc1", "--out", "x", "--dir", d,
+    ]);
+    assert_eq!(usage.status.code(), Some(2));
+}

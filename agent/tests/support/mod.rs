@@ -1,0 +1,179 @@
+//! Helpers shared by the agent's process tests: start the built binary on a loopback
+//! address of its own, wait for it, talk to it, kill it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `agent` binary built for these tests.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agent")
+}
+
+/// A TCP port that is free on `ip` right now.
+pub fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port that is free on `ip` right now.
+pub fn free_udp_port(ip: IpAddr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An agent process started by a test; killed when dropped.
+pub struct AgentProcess {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub lan: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `agent run --dev` on `ip` with `data_dir`, logging to a file in `log_dir`.
+    pub fn dev(ip: IpAddr, data_dir: &Path, log_dir: &Path) -> AgentProcess {
+        let http = SocketAddr::new(ip, free_port(ip));
+        let lan = SocketAddr::new(ip, free_udp_port(ip));
+        Self::dev_on(http, lan, data_dir, log_dir)
+    }
+
+    /// Starts `agent run --dev` on the given addresses.
+    pub fn dev_on(
+        http: SocketAddr,
+        lan: SocketAddr,
+        data_dir: &Path,
+        log_dir: &Path,
+    ) -> AgentProcess {
+        let log = log_dir.join(format!("agent-{}.log", http.port()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(agent_bin())
+            .args(["run", "--dev", "--node", "dev-node"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--bind")
+            .arg(lan.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--dns")
+            .arg(format!("{}:0", http.ip()))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        AgentProcess {
+            child,
+            http,
+            lan,
+            log,
+        }
+    }
+
+    /// The base URL of the HTTP API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Waits (at most 30 s) until the agent has a Raft leader.
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "agent exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(response) = client.get(self.url("/v1/status/leader")).send().await {
+                if let Ok(text) = response.text().await {
+                    if text.len() > 2 {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 30 s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most `limit`) for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// What the agent logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `agent <args>` against this agent's HTTP API.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with_stdin(&self.http.to_string(), args, None)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `agent <args>` with `AGENT_HTTP_ADDR=http_addr` and optional stdin.
+pub fn cli_with_stdin(http_addr: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(agent_bin())
+        .args(args)
+        .env("AGENT_HTTP_ADDR", http_addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,538 @@
+//! The Raft log on LMDB, written by one thread with group commit.
+//!
+//! # Layout
+//! The environment `<data>/log` holds two tables: `entries` (big-endian log index →
+//! postcard-encoded `Entry`) and `meta` (`vote`, `committed`, `purged`). LMDB runs with
+//! its default flags, so a commit returns only after the data and the meta page are on
+//! disk.
+//!
+//! # Group commit
+//! LMDB allows one write transaction at a time, bound to the thread that opened it. A
+//! dedicated writer thread owns all write transactions. Every mutation (append, truncate,
+//! purge, save vote) is a request on a channel; the writer takes the first request, then
+//! drains every request already queued, applies them in order in ONE transaction, commits
+//! once (one fsync for all of them) and only then answers each request. Saving the
+//! committed log id is not a request: the latest value waits in a slot that the writer
+//! persists with its next transaction (it is only a restart hint, and the state machine
+//! is durable on its own), so it never costs an fsync of its own.
+//!
+//! # Why `append` waits for the commit
+//! The storage contract lets `append` return before the entries are durable (they must
+//! only be readable) and report durability later through the callback. Openraft 0.9.25
+//! does not use that freedom: `RaftCore::append_to_log` awaits the callback right after
+//! `append` returns, and the core issues log I/O from a single task. So the log store
+//! never sees two appends at once from the core, and returning early would only require
+//! an in-memory overlay of unflushed entries without batching anything. `append`
+//! therefore waits for the commit, after which the entries are both readable and
+//! durable, and then calls the callback.
+//!
+//! Under openraft 0.9 batching comes from above: a follower gets many entries per
+//! AppendEntries and writes them in one transaction, and on the leader the server
+//! coalesces concurrent client writes into one log entry (see `proposer`). The writer
+//! still merges whatever is queued (a vote with an append, a purge with the next append).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, Str, U64};
+use heed::{Database, Env, RoTxn, WithoutTls};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
+    Vote,
+};
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::lmdb::open_env;
+use crate::types::{NodeId, TypeConfig};
+
+const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
+const META_PURGED: &str = "purged";
+
+/// Most requests merged into one transaction.
+const MAX_REQUESTS_PER_COMMIT: usize = 4096;
+
+/// Counters of the log writer, for observing group commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStoreMetrics {
+    /// Write transactions committed (each is one durable commit).
+    pub commits: u64,
+    /// Requests (appends, truncates, purges, vote saves) carried by those commits.
+    pub requests: u64,
+    /// Log entries appended.
+    pub entries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    requests: AtomicU64,
+    entries: AtomicU64,
+}
+
+/// Reads the writer's counters.
+#[derive(Clone, Default)]
+pub(crate) struct LogMetricsHandle(Arc<Counters>);
+
+impl LogMetricsHandle {
+    pub(crate) fn get(&self) -> LogStoreMetrics {
+        LogStoreMetrics {
+            commits: self.0.commits.load(Ordering::Relaxed),
+            requests: self.0.requests.load(Ordering::Relaxed),
+            entries: self.0.entries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct LogDb {
+    env: Env<WithoutTls>,
+    entries: Database<U64<BigEndian>, Bytes>,
+    meta: Database<Str, Bytes>,
+}
+
+impl LogDb {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let env = open_env(dir, 2)?;
+        let mut txn = env.write_txn()?;
+        let entries = env.create_database(&mut txn, Some("entries"))?;
+        let meta = env.create_database(&mut txn, Some("meta"))?;
+        txn.commit()?;
+        Ok(LogDb { env, entries, meta })
+    }
+
+    fn meta_value<T: serde::de::DeserializeOwned>(
+        &self,
+        txn: &RoTxn,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta.get(txn, key)? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Log id of the last stored entry.
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        let txn = self.env.read_txn()?;
+        match self.entries.last(&txn)? {
+            // An entry is encoded as (log_id, payload): its prefix is the log id.
+            Some((_, bytes)) => Ok(Some(postcard::take_from_bytes(bytes)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_range<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let txn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.entries.range(&txn, &range)? {
+            let (_, bytes) = item?;
+            out.push(postcard::from_bytes(bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// A mutation for the writer thread.
+enum Op {
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        reply: Reply,
+    },
+    Truncate {
+        since: u64,
+        reply: Reply,
+    },
+    Purge {
+        upto: u64,
+        encoded_id: Vec<u8>,
+        reply: Reply,
+    },
+    SaveVote {
+        encoded: Vec<u8>,
+        reply: Reply,
+    },
+}
+
+impl Op {
+    fn into_reply(self) -> Reply {
+        match self {
+            Op::Append { reply, .. }
+            | Op::Truncate { reply, .. }
+            | Op::Purge { reply, .. }
+            | Op::SaveVote { reply, .. } => reply,
+        }
+    }
+}
+
+/// The latest committed log id, waiting to be written with the next transaction.
+type CommittedSlot = Arc<Mutex<Option<Vec<u8>>>>;
+
+fn writer_loop(
+    db: LogDb,
+    ops: mpsc::Receiver<Op>,
+    committed: CommittedSlot,
+    counters: Arc<Counters>,
+) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_REQUESTS_PER_COMMIT {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let pending_committed = take_slot(&committed);
+        let result = commit_batch(&db, &batch, pending_committed.as_deref());
+        match &result {
+            Ok(appended) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .requests
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                counters.entries.fetch_add(*appended, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log write transaction failed");
+                // Keep the committed id for the next attempt unless a newer one arrived.
+                if let Some(bytes) = pending_committed {
+                    let mut slot = committed.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(bytes);
+                }
+            }
+        }
+        let result = result.map(|_| ()).map_err(|e| e.to_string());
+        for op in batch {
+            // The requester may have gone away; nothing is waiting for the answer then.
+            let _ = op.into_reply().send(result.clone());
+        }
+    }
+    // Every sender is gone: persist the last committed id before the thread ends.
+    if let Some(bytes) = take_slot(&committed) {
+        if let Err(e) = commit_batch(&db, &[], Some(&bytes)) {
+            tracing::warn!(error = %e, "could not save the committed log id at shutdown");
+        }
+    }
+}
+
+fn take_slot(slot: &CommittedSlot) -> Option<Vec<u8>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Applies `batch` in one write transaction and commits; returns the number of entries
+/// appended.
+fn commit_batch(db: &LogDb, batch: &[Op], committed: Option<&[u8]>) -> Result<u64, StoreError> {
+    let mut txn = db.env.write_txn()?;
+    let mut appended = 0;
+    for op in batch {
+        match op {
+            Op::Append { entries, .. } => {
+                for (index, bytes) in entries {
+                    db.entries.put(&mut txn, index, bytes)?;
+                }
+                appended += entries.len() as u64;
+            }
+            Op::Truncate { since, .. } => {
+                db.entries.delete_range(&mut txn, &(*since..))?;
+            }
+            Op::Purge {
+                upto, encoded_id, ..
+            } => {
+                db.entries.delete_range(&mut txn, &(..=*upto))?;
+                db.meta.put(&mut txn, META_PURGED, encoded_id)?;
+            }
+            Op::SaveVote { encoded, .. } => {
+                db.meta.put(&mut txn, META_VOTE, encoded)?;
+            }
+        }
+    }
+    if let Some(bytes) = committed {
+        db.meta.put(&mut txn, META_COMMITTED, bytes)?;
+    }
+    txn.commit()?;
+    Ok(appended)
+}
+
+/// Reads log entries; handed to openraft's replication tasks. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct LogReader {
+    db: LogDb,
+}
+
+/// The Raft log store. Owned by openraft's core task.
+pub(crate) struct LogStore {
+    db: LogDb,
+    ops: mpsc::Sender<Op>,
+    committed_slot: CommittedSlot,
+    counters: Arc<Counters>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+    last_log: Option<LogId<NodeId>>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log in `dir` and starts its writer thread.
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = LogDb::open(dir)?;
+        let (vote, committed, last_purged) = {
+            let txn = db.env.read_txn()?;
+            (
+                db.meta_value(&txn, META_VOTE)?,
+                db.meta_value(&txn, META_COMMITTED)?,
+                db.meta_value(&txn, META_PURGED)?,
+            )
+        };
+        let last_log = db.last_log_id()?.or(last_purged);
+
+        let (ops, rx) = mpsc::channel();
+        let committed_slot = CommittedSlot::default();
+        let counters = Arc::new(Counters::default());
+        {
+            let db = db.clone();
+            let slot = committed_slot.clone();
+            let counters = counters.clone();
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || writer_loop(db, rx, slot, counters))?;
+        }
+        Ok(LogStore {
+            db,
+            ops,
+            committed_slot,
+            counters,
+            vote,
+            committed,
+            last_purged,
+            last_log,
+        })
+    }
+
+    /// An event that fires once every handle on the log environment is dropped.
+    pub(crate) fn closing_event(&self) -> heed::EnvClosingEvent {
+        self.db.env.clone().prepare_for_closing()
+    }
+
+    pub(crate) fn metrics_handle(&self) -> LogMetricsHandle {
+        LogMetricsHandle(self.counters.clone())
+    }
+
+    /// Sends a request to the writer and waits until its transaction is committed.
+    async fn submit(&self, make: impl FnOnce(Reply) -> Op) -> Result<(), io::Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(make(tx))
+            .map_err(|_| io::Error::other("the log writer has stopped"))?;
+        match rx.await {
+            Ok(result) => result.map_err(io::Error::other),
+            Err(_) => Err(io::Error::other("the log writer has stopped")),
+        }
+    }
+
+    fn refresh_last_log(&mut self) -> Result<(), StorageError<NodeId>> {
+        let last = self.db.last_log_id().map_err(read_logs_error)?;
+        self.last_log = last.or(self.last_purged);
+        Ok(())
+    }
+}
+
+fn read_logs_error(e: StoreError) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_logs_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.db.read_range(range).map_err(read_logs_error)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.db.read_range(range).map_err(read_logs_error)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        Ok(LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: self.last_log.or(self.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let encoded = postcard::to_allocvec(vote)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        self.submit(|reply| Op::SaveVote { encoded, reply })
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        self.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let encoded = postcard::to_allocvec(&committed).map_err(write_logs_error)?;
+        *self
+            .committed_slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(encoded);
+        self.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let bytes = postcard::to_allocvec(&entry).map_err(write_logs_error)?;
+            encoded.push((entry.log_id.index, bytes));
+            last = Some(entry.log_id);
+        }
+        let Some(last) = last else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        match self
+            .submit(|reply| Op::Append {
+                entries: encoded,
+                reply,
+            })
+            .await
+        {
+            Ok(()) => {
+                self.last_log = Some(last);
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = write_logs_error(io::Error::other(e.to_string()));
+                callback.log_io_completed(Err(e));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.submit(|reply| Op::Truncate {
+            since: log_id.index,
+            reply,
+        })
+        .await
+        .map_err(write_logs_error)?;
+        self.refresh_last_log()
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let encoded_id = postcard::to_allocvec(&Some(log_id)).map_err(write_logs_error)?;
+        self.submit(|reply| Op::Purge {
+            upto: log_id.index,
+            encoded_id,
+            reply,
+        })
+        .await
+        .map_err(write_logs_error)?;
+        self.last_purged = Some(log_id);
+        self.refresh_last_log()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use openraft::{EntryPayload, Membership};
+
+    use super::*;
+    use crate::types::{Request, ServerNode};
+
+    #[test]
+    fn entries_round_trip_through_postcard() {
+        let nodes = std::collections::BTreeMap::from([(
+            1,
+            ServerNode {
+                name: "a".into(),
+                addr: "127.0.0.1:1".into(),
+            },
+        )]);
+        let entries: Vec<Entry<TypeConfig>> = vec![
+            Entry {
+                log_id: log_id(3, 1, 7),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: log_id(3, 1, 8),
+                payload: EntryPayload::Normal(Request::KvSet {
+                    key: "k".into(),
+                    value: vec![0, 255, 7],
+                    flags: u64::MAX,
+                }),
+            },
+            Entry {
+                log_id: log_id(4, 2, 9),
+                payload: EntryPayload::Membership(Membership::new(
+                    vec![[1u64].into_iter().collect()],
+                    nodes,
+                )),
+            },
+        ];
+        for e in entries {
+            let bytes = postcard::to_allocvec(&e).unwrap();
+            let back: Entry<TypeConfig> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, e);
+            let (id, _) = postcard::take_from_bytes::<LogId<NodeId>>(&bytes).unwrap();
+            assert_eq!(id, e.log_id);
+        }
+        let vote = Vote::new_committed(5, 2);
+        let bytes = postcard::to_allocvec(&vote).unwrap();
+        assert_eq!(postcard::from_bytes::<Vote<NodeId>>(&bytes).unwrap(), vote);
+    }
+}

@@ -1,0 +1,262 @@
+//! The Raft type configuration and the replicated commands.
+//!
+//! [`Request`] is the payload of every application log entry and [`Response`] what
+//! applying it returns. Both are encoded with postcard, which identifies enum variants by
+//! their position: new variants go at the end, or logs written earlier decode wrongly.
+
+use std::cell::Cell;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::InvalidRequest;
+
+/// Identifier of a Raft server.
+pub type NodeId = u64;
+
+/// Longest accepted key, in bytes. LMDB keys are limited to 511 bytes.
+pub const MAX_KEY_LEN: usize = 500;
+
+/// Largest accepted value, in bytes.
+pub const MAX_VALUE_LEN: usize = 512 * 1024;
+
+/// A Raft server as recorded in the cluster membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerNode {
+    /// Node name, as known to gossip.
+    pub name: String,
+    /// `ip:port` of the server's RPC endpoint.
+    pub addr: String,
+}
+
+openraft::declare_raft_types!(
+    /// Openraft type configuration of this crate.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = ServerNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create or replace `key`.
+    KvSet {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// Opaque client flags; a write without flags passes 0.
+        flags: u64,
+    },
+    /// Check-and-set: with `index` 0, create `key` only if it is absent; otherwise replace
+    /// it only if its ModifyIndex equals `index`.
+    KvCas {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+        /// Expected ModifyIndex, or 0 for "must not exist".
+        index: u64,
+    },
+    /// Delete `key`; deleting a missing key succeeds.
+    KvDelete {
+        /// The key.
+        key: String,
+    },
+    /// Delete `key` only if its ModifyIndex equals `index`; a missing key succeeds.
+    KvDeleteCas {
+        /// The key.
+        key: String,
+        /// Expected ModifyIndex.
+        index: u64,
+    },
+    /// Delete every key starting with `prefix` (all keys when it is empty).
+    KvDeleteTree {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Independent commands that the server coalesced into one log entry. Each is applied
+    /// in order, as if proposed alone, and answered by the matching element of
+    /// [`Response::Batch`].
+    Batch(#[serde(deserialize_with = "deserialize_flat_batch")] Vec<Request>),
+}
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Entries without an application command (blank and membership entries).
+    Empty,
+    /// Outcome of a KV write: always true for set and delete, the check result for CAS.
+    Bool(bool),
+    /// The command could not be applied and changed nothing.
+    Rejected(String),
+    /// One response per command of a [`Request::Batch`], in order.
+    Batch(Vec<Response>),
+}
+
+/// A key/value entry with Consul's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Opaque client flags.
+    pub flags: u64,
+    /// Log index of the write that created the key.
+    pub create_index: u64,
+    /// Log index of the last write that changed the key.
+    pub modify_index: u64,
+    /// Number of times a lock on this key was acquired.
+    pub lock_index: u64,
+    /// Session holding the lock, if any.
+    pub session: Option<String>,
+}
+
+impl Request {
+    /// Checks limits and form, so that nothing invalid enters the log.
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        match self {
+            Request::KvSet { key, value, .. } | Request::KvCas { key, value, .. } => {
+                check_key(key)?;
+                check_value(value)
+            }
+            Request::KvDelete { key } | Request::KvDeleteCas { key, .. } => check_key(key),
+            Request::KvDeleteTree { prefix } => check_key_len(prefix),
+            Request::Batch(requests) => requests.iter().try_for_each(|r| match r {
+                Request::Batch(_) => Err(InvalidRequest::NestedBatch),
+                other => other.validate(),
+            }),
+        }
+    }
+
+    /// Approximate encoded size in bytes, used to bound batches and RPC payloads.
+    pub fn approx_size(&self) -> usize {
+        const OVERHEAD: usize = 24;
+        match self {
+            Request::KvSet { key, value, .. } | Request::KvCas { key, value, .. } => {
+                OVERHEAD + key.len() + value.len()
+            }
+            Request::KvDelete { key } | Request::KvDeleteCas { key, .. } => OVERHEAD + key.len(),
+            Request::KvDeleteTree { prefix } => OVERHEAD + prefix.len(),
+            Request::Batch(requests) => {
+                OVERHEAD + requests.iter().map(Request::approx_size).sum::<usize>()
+            }
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), InvalidRequest> {
+    if key.is_empty() {
+        return Err(InvalidRequest::EmptyKey);
+    }
+    check_key_len(key)
+}
+
+fn check_key_len(key: &str) -> Result<(), InvalidRequest> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(InvalidRequest::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), InvalidRequest> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(InvalidRequest::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    static DECODING_BATCH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Decodes the elements of a batch, refusing a batch inside a batch so that bytes from
+/// a peer cannot drive the decoder into deep recursion.
+fn deserialize_flat_batch<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Request>, D::Error> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DECODING_BATCH.set(false);
+        }
+    }
+
+    if DECODING_BATCH.get() {
+        return Err(serde::de::Error::custom("a batch may not contain a batch"));
+    }
+    DECODING_BATCH.set(true);
+    let _reset = Reset;
+    Vec::<Request>::deserialize(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_enforced() {
+        let long_key = "k".repeat(MAX_KEY_LEN + 1);
+        let set = Request::KvSet {
+            key: long_key.clone(),
+            value: vec![],
+            flags: 0,
+        };
+        assert!(matches!(
+            set.validate(),
+            Err(InvalidRequest::KeyTooLong { len, max }) if len == MAX_KEY_LEN + 1 && max == MAX_KEY_LEN
+        ));
+        let big = Request::KvCas {
+            key: "a".into(),
+            value: vec![0; MAX_VALUE_LEN + 1],
+            flags: 0,
+            index: 0,
+        };
+        let err = big.validate().unwrap_err();
+        assert!(err.is_too_large());
+        let ok = Request::KvSet {
+            key: "k".repeat(MAX_KEY_LEN),
+            value: vec![0; MAX_VALUE_LEN],
+            flags: 0,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            Request::KvDelete { key: String::new() }.validate(),
+            Err(InvalidRequest::EmptyKey)
+        );
+        assert_eq!(
+            Request::KvDeleteTree {
+                prefix: String::new()
+            }
+            .validate(),
+            Ok(())
+        );
+        let nested = Request::Batch(vec![Request::Batch(vec![])]);
+        assert_eq!(nested.validate(), Err(InvalidRequest::NestedBatch));
+    }
+
+    #[test]
+    fn nested_batch_does_not_decode() {
+        let flat = Request::Batch(vec![Request::KvDelete { key: "a".into() }]);
+        let bytes = postcard::to_allocvec(&flat).unwrap();
+        assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), flat);
+
+        let nested = Request::Batch(vec![flat.clone()]);
+        let bytes = postcard::to_allocvec(&nested).unwrap();
+        assert!(postcard::from_bytes::<Request>(&bytes).is_err());
+        // The guard is reset after a failure.
+        let bytes = postcard::to_allocvec(&flat).unwrap();
+        assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), flat);
+    }
+}

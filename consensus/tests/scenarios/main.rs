@@ -1,0 +1,4 @@
+//! Scenario tests of `RaftServer`: single servers on disk and in-memory clusters.
+
+mod cluster;
+mod single_node;

@@ -444,3 +444,70 @@ fn tls_commands_make_files_and_never_overwrite() {
     ]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_on_certificate_files_and_refuses_the_wrong_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let c = certs.to_str().unwrap();
+    let make = |args: &[&str]| {
+        let out = cli_with_stdin("127.0.0.1:1", args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    make(&["tls", "ca", "create", "--dir", c]);
+    make(&[
+        "tls", "cert", "create", "--server", "--dc", "dc1", "--node", "s1", "--out", "s1", "--dir",
+        c,
+    ]);
+    make(&[
+        "tls", "cert", "create", "--client", "--dc", "dc1", "--node", "c1", "--out", "c1", "--dir",
+        c,
+    ]);
+    let file = |name: &str| certs.join(name).display().to_string();
+    let args = |node: &str, cert: &str, data: &str| -> Vec<String> {
+        let mut args: Vec<String> = ["--server", "--bootstrap-expect", "1", "--node", node]
+            .map(String::from)
+            .to_vec();
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join(data).display().to_string(),
+        ]);
+        args.extend(["--ca-file".into(), file("agent-ca.pem")]);
+        args.extend(["--cert-file".into(), file(&format!("{cert}.pem"))]);
+        args.extend(["--key-file".into(), file(&format!("{cert}-key.pem"))]);
+        args
+    };
+    let addrs = || {
+        let http = SocketAddr::new(ip(25), free_port(ip(25)));
+        let lan = SocketAddr::new(ip(25), free_udp_port(ip(25)));
+        (http, lan)
+    };
+
+    let (http, lan) = addrs();
+    let mut server = AgentProcess::start(&args("s1", "s1", "d1"), http, lan, dir.path());
+    server.wait_ready().await;
+    let put = server.cli(&["kv", "put", "k", "v"]);
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert_eq!(text(&server.cli(&["kv", "get", "k"]).stdout), "v\n");
+    drop(server);
+
+    // A client certificate cannot run a server.
+    let (http, lan) = addrs();
+    let mut posing = AgentProcess::start(&args("c1", "c1", "d2"), http, lan, dir.path());
+    assert_eq!(posing.wait_exit(Duration::from_secs(15)), Some(1));
+    assert!(
+        posing.log_text().contains("needs a server certificate"),
+        "{}",
+        posing.log_text()
+    );
+
+    // A certificate for another node name is refused.
+    let (http, lan) = addrs();
+    let mut renamed = AgentProcess::start(&args("s2", "s1", "d3"), http, lan, dir.path());
+    assert_eq!(renamed.wait_exit(Duration::from_secs(15)), Some(1));
+    assert!(
+        renamed.log_text().contains("is for node"),
+        "{}",
+        renamed.log_text()
+    );
+}

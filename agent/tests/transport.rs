@@ -3,14 +3,14 @@
 // Setup helpers outside #[test] functions panic on failure too.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::tls::{self, CA_DAYS, CertRequest, PeerIdentity, Role, TlsMaterial};
+use agent::tls::{self, PeerIdentity, Role, TlsMaterial};
 use agent::transport::{
     Datagram, DatagramReceiver, RpcError, RpcHandler, Transport, TransportConfig, TransportError,
 };
@@ -18,42 +18,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-/// Bound of every test.
-const TEST_TIMEOUT: Duration = Duration::from_secs(20);
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out");
-}
-
-/// A CA in a temporary directory that issues node certificates.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        tls::create_ca(dir.path(), CA_DAYS).unwrap();
-        Self { dir }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join(tls::CA_CERT_FILE)
-    }
-
-    fn issue(&self, role: Role, node: &str) -> TlsMaterial {
-        self.issue_trusting(role, node, &self.ca_file())
-    }
-
-    /// A certificate from this CA, loaded with the roots in `ca_file`.
-    fn issue_trusting(&self, role: Role, node: &str, ca_file: &std::path::Path) -> TlsMaterial {
-        let files =
-            tls::create_cert(self.dir.path(), &CertRequest::new(role, "dc1", node, node)).unwrap();
-        TlsMaterial::load(ca_file, &files.cert, &files.key).unwrap()
-    }
-}
+use support::{Pki, bounded};
 
 /// Answers `echo:<request>`, fails on `fail`, records who called.
 #[derive(Default)]
@@ -306,7 +271,7 @@ async fn a_peer_with_another_cas_certificate_is_refused() {
         ]
         .concat();
         std::fs::write(&both, ca_pem).unwrap();
-        let sneaky = start(&other.issue_trusting(Role::Server, "sneaky", &both));
+        let sneaky = start(&other.issue_trusting(Role::Server, "dc1", "sneaky", &both));
         let err = sneaky
             .transport
             .call(good.addr, Bytes::from_static(b"x"))

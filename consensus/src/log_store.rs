@@ -291,9 +291,9 @@ impl LogStore {
         let (vote, committed, last_purged) = {
             let txn = db.env.read_txn()?;
             (
-                db.meta_value(&txn, META_VOTE)?,
-                db.meta_value(&txn, META_COMMITTED)?,
-                db.meta_value(&txn, META_PURGED)?,
+                db.meta_value::<Vote<NodeId>>(&txn, META_VOTE)?,
+                db.meta_value::<LogId<NodeId>>(&txn, META_COMMITTED)?,
+                db.meta_value::<LogId<NodeId>>(&txn, META_PURGED)?,
             )
         };
         let last_log = db.last_log_id()?.or(last_purged);
@@ -409,11 +409,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let encoded = postcard::to_allocvec(&committed).map_err(write_logs_error)?;
-        *self
-            .committed_slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(encoded);
+        // Committed ids only grow; there is nothing to persist for `None`.
+        if let Some(id) = &committed {
+            let encoded = postcard::to_allocvec(id).map_err(write_logs_error)?;
+            *self
+                .committed_slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(encoded);
+        }
         self.committed = committed;
         Ok(())
     }
@@ -473,7 +476,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let encoded_id = postcard::to_allocvec(&Some(log_id)).map_err(write_logs_error)?;
+        let encoded_id = postcard::to_allocvec(&log_id).map_err(write_logs_error)?;
         self.submit(|reply| Op::Purge {
             upto: log_id.index,
             encoded_id,
@@ -534,5 +537,107 @@ mod tests {
         let vote = Vote::new_committed(5, 2);
         let bytes = postcard::to_allocvec(&vote).unwrap();
         assert_eq!(postcard::from_bytes::<Vote<NodeId>>(&bytes).unwrap(), vote);
+    }
+
+    #[tokio::test]
+    async fn writer_merges_queued_requests_into_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LogDb::open(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut replies = Vec::new();
+        for i in 1..=50u64 {
+            let entry: Entry<TypeConfig> = Entry {
+                log_id: log_id(1, 1, i),
+                payload: EntryPayload::Blank,
+            };
+            let (reply, answer) = oneshot::channel();
+            let entries = vec![(i, postcard::to_allocvec(&entry).unwrap())];
+            tx.send(Op::Append { entries, reply }).unwrap();
+            replies.push(answer);
+        }
+        let (reply, answer) = oneshot::channel();
+        let encoded = postcard::to_allocvec(&Vote::new(1, 1u64)).unwrap();
+        tx.send(Op::SaveVote { encoded, reply }).unwrap();
+        replies.push(answer);
+        let slot = CommittedSlot::default();
+        *slot.lock().unwrap() = Some(postcard::to_allocvec(&log_id::<NodeId>(1, 1, 50)).unwrap());
+        drop(tx);
+
+        // Everything is queued before the writer starts: one transaction takes it all.
+        let counters = Arc::new(Counters::default());
+        let writer = {
+            let (db, counters) = (db.clone(), counters.clone());
+            std::thread::spawn(move || writer_loop(db, rx, slot, counters))
+        };
+        for answer in replies {
+            answer.await.unwrap().unwrap();
+        }
+        writer.join().unwrap();
+        let metrics = LogMetricsHandle(counters).get();
+        assert_eq!(
+            metrics,
+            LogStoreMetrics {
+                commits: 1,
+                requests: 51,
+                entries: 50
+            }
+        );
+        assert_eq!(db.read_range(..).unwrap().len(), 50);
+        assert_eq!(db.last_log_id().unwrap(), Some(log_id(1, 1, 50)));
+        let txn = db.env.read_txn().unwrap();
+        let committed: Option<LogId<NodeId>> = db.meta_value(&txn, META_COMMITTED).unwrap();
+        assert_eq!(committed, Some(log_id(1, 1, 50)));
+    }
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(2, 1, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Opens the log in `dir`, waiting for a previous instance's writer to let go.
+    async fn reopen(dir: &Path) -> LogStore {
+        for _ in 0..100 {
+            match LogStore::open(dir) {
+                Ok(store) => return store,
+                Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        }
+        panic!("log environment never closed");
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        use openraft::storage::RaftLogStorageExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        store.blocking_append((1..=20).map(blank)).await.unwrap();
+        store.purge(log_id(2, 1, 5)).await.unwrap();
+        store.truncate(log_id(2, 1, 18)).await.unwrap();
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        store.save_committed(Some(log_id(2, 1, 12))).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 1, 5)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 1, 17)));
+        drop(store);
+
+        let mut store = reopen(dir.path()).await;
+        assert_eq!(store.get_log_state().await.unwrap(), state);
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 1))
+        );
+        assert_eq!(
+            store.read_committed().await.unwrap(),
+            Some(log_id(2, 1, 12))
+        );
+        let entries = store.try_get_log_entries(0..100).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (6..=17).collect::<Vec<_>>());
     }
 }

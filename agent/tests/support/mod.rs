@@ -53,6 +53,20 @@ impl AgentProcess {
         data_dir: &Path,
         log_dir: &Path,
     ) -> AgentProcess {
+        let mut args: Vec<String> = ["--dev", "--node", "dev-node", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(data_dir.display().to_string());
+        Self::start(&args, http, lan, log_dir)
+    }
+
+    /// Starts `agent run <args>` with `--bind lan --http http` and a DNS port of its own.
+    pub fn start(
+        args: &[String],
+        http: SocketAddr,
+        lan: SocketAddr,
+        log_dir: &Path,
+    ) -> AgentProcess {
         let log = log_dir.join(format!("agent-{}.log", http.port()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -60,9 +74,8 @@ impl AgentProcess {
             .open(&log)
             .unwrap();
         let child = Command::new(agent_bin())
-            .args(["run", "--dev", "--node", "dev-node"])
-            .arg("--data-dir")
-            .arg(data_dir)
+            .arg("run")
+            .args(args)
             .arg("--bind")
             .arg(lan.to_string())
             .arg("--http")
@@ -176,4 +189,61 @@ pub fn cli_with_stdin(http_addr: &str, args: &[&str], stdin: Option<&[u8]>) -> O
     }
     drop(pipe);
     child.wait_with_output().unwrap()
+}
+
+/// Bound of every in-process test.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `test`, failing it if it takes longer than [`TEST_TIMEOUT`].
+pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+/// A CA in a temporary directory that issues node certificates.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A fresh CA.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        agent::tls::create_ca(dir.path(), agent::tls::CA_DAYS).unwrap();
+        Self { dir }
+    }
+
+    /// The CA certificate file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join(agent::tls::CA_CERT_FILE)
+    }
+
+    /// A certificate of datacenter dc1 from this CA.
+    pub fn issue(&self, role: agent::tls::Role, node: &str) -> agent::tls::TlsMaterial {
+        self.issue_in(role, "dc1", node)
+    }
+
+    /// A certificate of datacenter `dc` from this CA.
+    pub fn issue_in(
+        &self,
+        role: agent::tls::Role,
+        dc: &str,
+        node: &str,
+    ) -> agent::tls::TlsMaterial {
+        self.issue_trusting(role, dc, node, &self.ca_file())
+    }
+
+    /// A certificate from this CA, loaded with the roots in `ca_file`.
+    pub fn issue_trusting(
+        &self,
+        role: agent::tls::Role,
+        dc: &str,
+        node: &str,
+        ca_file: &Path,
+    ) -> agent::tls::TlsMaterial {
+        let request = agent::tls::CertRequest::new(role, dc, node, &format!("{node}.{dc}"));
+        let files = agent::tls::create_cert(self.dir.path(), &request).unwrap();
+        agent::tls::TlsMaterial::load(ca_file, &files.cert, &files.key).unwrap()
+    }
 }

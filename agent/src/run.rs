@@ -148,10 +148,10 @@ impl Agent {
         self.shutdown.cancel();
         tracing::info!("shutting down");
         self.tracker.wait().await;
-        if let Some(raft) = self.raft {
-            if let Err(e) = raft.shutdown().await {
-                tracing::warn!("stopping Raft: {e}");
-            }
+        if let Some(raft) = self.raft
+            && let Err(e) = raft.shutdown().await
+        {
+            tracing::warn!("stopping Raft: {e}");
         }
         self.transport.shutdown().await;
         tracing::info!("agent stopped");

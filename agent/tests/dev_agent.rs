@@ -1,6 +1,9 @@
 //! Process tests of `agent run --dev`: the built binary on a loopback address of its own,
 //! driven over HTTP and through the CLI, killed with SIGKILL and restarted.
 
+// Setup helpers outside #[test] functions panic on failure too.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Raft between three servers over the real QUIC transport with mTLS: the agent's
 //! `QuicRaftTransport` and RPC router, in one process on loopback.
 
+// Setup helpers outside #[test] functions panic on failure too.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -221,10 +221,10 @@ fn writer_loop(
         }
     }
     // Every sender is gone: persist the last committed id before the thread ends.
-    if let Some(bytes) = take_slot(&committed) {
-        if let Err(e) = commit_batch(&db, &[], Some(&bytes)) {
-            tracing::warn!(error = %e, "could not save the committed log id at shutdown");
-        }
+    if let Some(bytes) = take_slot(&committed)
+        && let Err(e) = commit_batch(&db, &[], Some(&bytes))
+    {
+        tracing::warn!(error = %e, "could not save the committed log id at shutdown");
     }
 }
 
@@ -342,8 +342,9 @@ impl LogStore {
         }
     }
 
-    fn refresh_last_log(&mut self) -> Result<(), StorageError<NodeId>> {
-        let last = self.db.last_log_id().map_err(read_logs_error)?;
+    /// Rereads the last log id after entries were removed.
+    fn refresh_last_log(&mut self) -> Result<(), StoreError> {
+        let last = self.db.last_log_id()?;
         self.last_log = last.or(self.last_purged);
         Ok(())
     }
@@ -472,7 +473,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(write_logs_error)?;
-        self.refresh_last_log()
+        self.refresh_last_log().map_err(read_logs_error)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -485,7 +486,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
         .map_err(write_logs_error)?;
         self.last_purged = Some(log_id);
-        self.refresh_last_log()
+        self.refresh_last_log().map_err(read_logs_error)
     }
 }
 

@@ -211,13 +211,11 @@ fn split_hint(request: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
         return None;
     }
     let mut total = 0;
-    let mut fitting = 0u64;
-    for entry in &request.entries {
+    for (fitting, entry) in request.entries.iter().enumerate() {
         total += entry_size(&entry.payload);
         if total > MAX_APPEND_BYTES {
-            return Some(fitting.max(1));
+            return Some((fitting as u64).max(1));
         }
-        fitting += 1;
     }
     None
 }

@@ -27,6 +27,9 @@ const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
 const META_KV_INDEX: &str = "kv_index";
 
+/// Visitor of raw `(key, stored bytes)` pairs.
+type RawVisit<'a> = dyn FnMut(&str, &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
+
 /// The stored form of a KV entry; the key is the LMDB key. `modify_index` comes first so
 /// that it can be decoded without the value.
 #[derive(Serialize, Deserialize)]
@@ -146,12 +149,7 @@ impl SmDb {
         }
     }
 
-    fn scan(
-        &self,
-        txn: &RoTxn,
-        prefix: &str,
-        visit: &mut dyn FnMut(&str, &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan(&self, txn: &RoTxn, prefix: &str, visit: &mut RawVisit<'_>) -> Result<(), StoreError> {
         if prefix.is_empty() {
             for item in self.kv.iter(txn)? {
                 let (key, bytes) = item?;

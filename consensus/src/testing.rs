@@ -187,10 +187,10 @@ pub async fn wait_for_leader(servers: &[RaftServer], timeout: Duration) -> Optio
             .iter()
             .map(|s| s.leader().map(|(id, _)| id))
             .collect();
-        if let Some(Some(id)) = leaders.iter().next().filter(|_| leaders.len() == 1) {
-            if servers.iter().any(|s| s.id() == *id && s.is_leader()) {
-                return Some(*id);
-            }
+        if let Some(Some(id)) = leaders.iter().next().filter(|_| leaders.len() == 1)
+            && servers.iter().any(|s| s.id() == *id && s.is_leader())
+        {
+            return Some(*id);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -111,12 +111,11 @@ impl AgentProcess {
                     self.log_text()
                 );
             }
-            if let Ok(response) = client.get(self.url("/v1/status/leader")).send().await {
-                if let Ok(text) = response.text().await {
-                    if text.len() > 2 {
-                        return;
-                    }
-                }
+            if let Ok(response) = client.get(self.url("/v1/status/leader")).send().await
+                && let Ok(text) = response.text().await
+                && text.len() > 2
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -242,7 +241,7 @@ impl Pki {
         node: &str,
         ca_file: &Path,
     ) -> agent::tls::TlsMaterial {
-        let request = agent::tls::CertRequest::new(role, dc, node, &format!("{node}.{dc}"));
+        let request = agent::tls::CertRequest::new(role, dc, node, format!("{node}.{dc}"));
         let files = agent::tls::create_cert(self.dir.path(), &request).unwrap();
         agent::tls::TlsMaterial::load(ca_file, &files.cert, &files.key).unwrap()
     }

@@ -18,11 +18,15 @@ fn set(key: &str, value: &str) -> Request {
 }
 
 fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
-    servers.iter().find(|s| s.id() == id).cloned().unwrap()
+    servers
+        .iter()
+        .find(|s| s.id() == id)
+        .cloned()
+        .expect("server with that id")
 }
 
 fn value_of(server: &RaftServer, key: &str) -> Option<Vec<u8>> {
-    server.kv().get(key).unwrap().map(|e| e.value)
+    server.kv().get(key).expect("local read").map(|e| e.value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

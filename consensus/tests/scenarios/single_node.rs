@@ -18,8 +18,11 @@ fn set(key: &str, value: &str) -> Request {
 
 async fn start_single(dir: &std::path::Path) -> (MemRouter, RaftServer) {
     let router = MemRouter::new();
-    let server = start_servers(&router, dir, &[1]).await.unwrap().remove(0);
-    server.initialize(members(&[1])).await.unwrap();
+    let server = start_servers(&router, dir, &[1])
+        .await
+        .expect("server opens")
+        .remove(0);
+    server.initialize(members(&[1])).await.expect("initialize");
     assert_eq!(
         wait_for_leader(std::slice::from_ref(&server), Duration::from_secs(5)).await,
         Some(1)

@@ -1,0 +1,156 @@
+//! Agent processes for a benchmark: certificates, start, kill, and clean-up.
+//!
+//! Every process started here is killed when the [`Cluster`] is dropped, and a Ctrl-C
+//! handler drops it too, so nothing outlives the benchmark.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// The agent binary: next to this one, built with cargo if it is not there yet.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the bench binary")?;
+    let dir = me.parent().context("the bench binary has no directory")?;
+    let agent = dir.join("agent");
+    if agent.exists() {
+        return Ok(agent);
+    }
+    let profile = if dir.ends_with("release") { "--release" } else { "--profile=dev" };
+    eprintln!("building the agent ({profile})...");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", profile, "-p", "agent"])
+        .status()
+        .context("running cargo build -p agent")?;
+    if !status.success() || !agent.exists() {
+        bail!("could not build the agent binary at {}", agent.display());
+    }
+    Ok(agent)
+}
+
+/// One agent process.
+pub struct AgentProc {
+    /// Node name.
+    pub node: String,
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// LAN gossip address.
+    pub lan: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+}
+
+/// A set of agents sharing a CA in a temporary directory.
+pub struct Cluster {
+    agent: PathBuf,
+    /// The agents, in start order.
+    pub agents: Vec<AgentProc>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster with a fresh CA and no agents yet.
+    pub fn new(agent: PathBuf) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
+        let out = Command::new(&agent)
+            .args(["tls", "ca", "create", "--dir"])
+            .arg(dir.path().join("certs"))
+            .output()?;
+        if !out.status.success() {
+            bail!("agent tls ca create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Cluster {
+            agent,
+            agents: Vec::new(),
+            dir,
+        })
+    }
+
+    /// Starts a client agent named `node` on `ip`, joining `join` if given.
+    pub fn start_client(
+        &mut self,
+        node: &str,
+        ip: IpAddr,
+        join: Option<SocketAddr>,
+    ) -> anyhow::Result<()> {
+        let certs = self.dir.path().join("certs");
+        let out = Command::new(&self.agent)
+            .args(["tls", "cert", "create", "--client", "--dc", "dc1", "--node", node])
+            .args(["--out", node, "--dir"])
+            .arg(&certs)
+            .output()?;
+        if !out.status.success() {
+            bail!("agent tls cert create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let http = SocketAddr::new(ip, 8500);
+        let lan = SocketAddr::new(ip, 8301);
+        let log = self.dir.path().join(format!("{node}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut command = Command::new(&self.agent);
+        command
+            .args(["run", "--node", node, "--data-dir"])
+            .arg(self.dir.path().join(node))
+            .arg("--bind")
+            .arg(lan.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--dns")
+            .arg(SocketAddr::new(ip, 8600).to_string())
+            .arg("--ca-file")
+            .arg(certs.join("agent-ca.pem"))
+            .arg("--cert-file")
+            .arg(certs.join(format!("{node}.pem")))
+            .arg("--key-file")
+            .arg(certs.join(format!("{node}-key.pem")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        if let Some(seed) = join {
+            command.arg("--join").arg(seed.to_string());
+        }
+        let child = command.spawn().context("starting an agent")?;
+        self.agents.push(AgentProc {
+            node: node.to_string(),
+            http,
+            lan,
+            log,
+            child: Some(child),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for agent in &mut self.agents {
+            agent.kill9();
+        }
+    }
+}

@@ -32,6 +32,56 @@ pub enum Command {
     Tls(TlsArgs),
     /// Show the local agent's view of itself.
     Info(HttpArgs),
+    /// Ask the local agent to join the cluster through other agents.
+    Join(JoinArgs),
+    /// Ask the local agent to leave the cluster gracefully and stop.
+    Leave(HttpArgs),
+    /// List the members of the cluster as the local agent sees them.
+    Members(MembersArgs),
+    /// Move a failed member to the left state, so it is no longer probed.
+    ForceLeave(ForceLeaveArgs),
+}
+
+/// `agent join [--wan] ADDR...`
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Join the WAN pool (servers only).
+    #[arg(long)]
+    pub wan: bool,
+    /// Gossip addresses (IP:PORT; the port defaults to 8301) of agents to join.
+    #[arg(required = true, value_name = "ADDR")]
+    pub addrs: Vec<String>,
+}
+
+/// `agent members [--wan] [--status S] [--detailed]`
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// List the WAN pool (servers only).
+    #[arg(long)]
+    pub wan: bool,
+    /// Only members whose status (alive, leaving, left, failed) matches this regular
+    /// expression.
+    #[arg(long, value_name = "REGEX")]
+    pub status: Option<String>,
+    /// Show every tag of each member.
+    #[arg(long)]
+    pub detailed: bool,
+}
+
+/// `agent force-leave NODE`
+#[derive(Debug, Args)]
+pub struct ForceLeaveArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// The failed member's node name.
+    pub node: String,
 }
 
 /// Flags of `agent run` (DESIGN §3).

@@ -39,6 +39,36 @@ impl KvPair {
     }
 }
 
+/// A member as `/v1/agent/members` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MemberJson {
+    /// Node name.
+    pub name: String,
+    /// Gossip IP address.
+    pub addr: String,
+    /// Gossip port.
+    pub port: u16,
+    /// Tags (`role`, `dc`, `build`, and the user's).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// 1 alive, 2 leaving, 3 left, 4 failed.
+    pub status: u8,
+}
+
+impl MemberJson {
+    /// The status as a word.
+    pub fn status_name(&self) -> &'static str {
+        match self.status {
+            1 => "alive",
+            2 => "leaving",
+            3 => "left",
+            4 => "failed",
+            _ => "none",
+        }
+    }
+}
+
 /// What can go wrong talking to the agent.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -196,6 +226,29 @@ impl ApiClient {
     pub async fn kv_delete(&self, key: &str, recurse: bool) -> Result<bool, ClientError> {
         let query = if recurse { "recurse" } else { "" };
         let response = self.send(self.http.delete(self.kv_url(key, query))).await?;
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `PUT <path>` with an empty body; the answer's body as text.
+    pub async fn put_empty(&self, path: &str) -> Result<String, ClientError> {
+        let response = self
+            .send(self.http.put(format!("{}{}", self.base, path)))
+            .await?;
+        let response = self.check(response).await?;
+        self.body_text(response).await
+    }
+
+    /// `GET /v1/agent/members` (`?wan` for the WAN pool).
+    pub async fn members(&self, wan: bool) -> Result<Vec<MemberJson>, ClientError> {
+        let path = if wan {
+            "/v1/agent/members?wan"
+        } else {
+            "/v1/agent/members"
+        };
+        let response = self
+            .send(self.http.get(format!("{}{}", self.base, path)))
+            .await?;
         let response = self.check(response).await?;
         self.json(response).await
     }

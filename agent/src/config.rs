@@ -62,9 +62,9 @@ pub struct Config {
     /// DNS address.
     pub dns: SocketAddr,
     /// LAN peers to join at start.
-    pub join: Vec<String>,
+    pub join: Vec<SocketAddr>,
     /// WAN peers to join at start.
-    pub join_wan: Vec<String>,
+    pub join_wan: Vec<SocketAddr>,
     /// mTLS material.
     pub tls: TlsSource,
 }
@@ -96,6 +96,9 @@ pub enum ConfigError {
         "cannot advertise the unspecified address {0}: set --advertise to an address other agents can reach"
     )]
     UnspecifiedAdvertise(SocketAddr),
+    /// A join address that is not `IP` or `IP:PORT`.
+    #[error("invalid join address {0:?}: want IP or IP:PORT")]
+    JoinAddress(String),
     /// A bootstrap-expect value that makes no sense.
     #[error("--bootstrap-expect {0}: {1}")]
     BootstrapExpect(u32, &'static str),
@@ -174,11 +177,29 @@ impl Config {
             wan_bind: args.wan_bind,
             http: args.http,
             dns: args.dns,
-            join: args.join.clone(),
-            join_wan: args.join_wan.clone(),
+            join: parse_join(&args.join)?,
+            join_wan: parse_join(&args.join_wan)?,
             tls,
         })
     }
+}
+
+fn parse_join(addrs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    addrs
+        .iter()
+        .map(|text| parse_gossip_addr(text).ok_or_else(|| ConfigError::JoinAddress(text.clone())))
+        .collect()
+}
+
+/// `IP:PORT`, or an IP alone with the default LAN port (`[::1]` for IPv6).
+pub fn parse_gossip_addr(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DEFAULT_LAN_PORT))
+    })
 }
 
 fn is_node_char(c: char) -> bool {
@@ -306,6 +327,34 @@ mod tests {
             Config::from_args(&dev(), ""),
             Err(ConfigError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn join_addresses_are_parsed_with_a_default_port() {
+        assert_eq!(
+            parse_gossip_addr("127.0.0.2:9000"),
+            Some("127.0.0.2:9000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_gossip_addr("127.0.0.2"),
+            Some("127.0.0.2:8301".parse().unwrap())
+        );
+        assert_eq!(
+            parse_gossip_addr("[::1]"),
+            Some("[::1]:8301".parse().unwrap())
+        );
+        assert_eq!(parse_gossip_addr("example.com"), None);
+        let mut args = dev();
+        args.join = vec!["127.0.0.3".into()];
+        assert_eq!(
+            Config::from_args(&args, "h").unwrap().join,
+            vec!["127.0.0.3:8301".parse::<SocketAddr>().unwrap()]
+        );
+        args.join = vec!["nope:x".into()];
+        assert_eq!(
+            Config::from_args(&args, "h"),
+            Err(ConfigError::JoinAddress("nope:x".into()))
+        );
     }
 
     #[test]

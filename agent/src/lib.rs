@@ -11,6 +11,7 @@
 //! - [`tls`]: the cluster CA, node certificates, peer identities, rustls configs for mTLS.
 //! - [`transport`]: one QUIC endpoint per pool carrying datagrams and RPC frames.
 //! - [`rpc`]: routes incoming RPC by kind and checks who may ask what.
+//! - [`gossip`]: the LAN gossip driver running `membership` on the transport.
 //! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
 //! - [`http`]: the Consul-compatible HTTP API.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod gossip;
 pub mod http;
 pub mod logging;
 pub mod node_id;

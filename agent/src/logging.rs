@@ -1,5 +1,7 @@
 //! Logs with `tracing`, to stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `default_filter`. Raft's own
@@ -19,6 +21,7 @@ pub fn init(default_filter: &str) {
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -46,6 +46,22 @@ fn main() -> ExitCode {
                 let client = ApiClient::new(&args.http_addr)?;
                 Ok(commands::info::run(&client, stdout).await?)
             }
+            Command::Join(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                Ok(commands::members::join(&client, &args, stdout).await?)
+            }
+            Command::Leave(args) => {
+                let client = ApiClient::new(&args.http_addr)?;
+                Ok(commands::members::leave(&client, stdout).await?)
+            }
+            Command::Members(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                Ok(commands::members::members(&client, &args, stdout).await?)
+            }
+            Command::ForceLeave(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                Ok(commands::members::force_leave(&client, &args, stdout).await?)
+            }
         }
     });
     match result {

@@ -1,8 +1,9 @@
 //! `agent run`: build the components from a [`Config`] and run them until shutdown.
 //!
 //! Order of start: data dir → node id → mTLS material → LAN QUIC endpoint (with the RPC
-//! router) → Raft server (servers) → HTTP API. Every task is tracked and ends when the
-//! shutdown token fires; then the HTTP API drains, Raft stops and the endpoint closes.
+//! router) → LAN gossip → Raft server (servers) → HTTP API. Every task is tracked and
+//! ends when the shutdown token fires; then the HTTP API drains, gossip saves the member
+//! list, Raft stops and the endpoint closes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,12 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DataDir, TlsSource};
+use crate::gossip::members_file::MembersFile;
+use crate::gossip::{Gossip, GossipConfig, standard_tags};
 use crate::http::{self, ApiState, SelfInfo};
 use crate::node_id;
 use crate::raft::{QuicRaftTransport, Raft};
 use crate::rpc::RpcRouter;
 use crate::tls::{self, Role, TlsMaterial};
 use crate::transport::{Transport, TransportConfig};
+use events::Bus;
+use membership::{MembershipConfig, NodeIdentity};
 
 /// Runs the agent described by `config` until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -37,6 +42,8 @@ pub struct Agent {
     tracker: TaskTracker,
     transport: Transport,
     raft: Option<Raft>,
+    gossip: Gossip,
+    bus: Bus,
     http_addr: SocketAddr,
     lan_addr: SocketAddr,
     // Removed when the agent is dropped (a `--dev` agent without `--data-dir`).
@@ -60,8 +67,6 @@ impl Agent {
             shutdown.child_token(),
         )
         .with_context(|| format!("binding the LAN endpoint on {}", config.bind))?;
-        // Gossip is the only reader of datagrams; until it runs they are not read.
-        drop(datagrams);
         let lan_addr = transport.local_addr();
         // With port 0 the advertised port is the one the system picked.
         let advertise = if config.advertise.port() == 0 {
@@ -69,6 +74,18 @@ impl Agent {
         } else {
             config.advertise
         };
+
+        let bus = Bus::new();
+        let gossip = start_gossip(
+            &config,
+            &data_dir,
+            advertise,
+            transport.clone(),
+            datagrams,
+            bus.clone(),
+            &tracker,
+            shutdown.clone(),
+        )?;
 
         let raft = if config.server {
             let node = ServerNode {
@@ -102,6 +119,8 @@ impl Agent {
                 advertise,
             },
             raft.clone(),
+            gossip.clone(),
+            shutdown.clone(),
         );
         let http_shutdown = shutdown.clone();
         tracker.spawn(async move {
@@ -126,6 +145,8 @@ impl Agent {
             tracker,
             transport,
             raft,
+            gossip,
+            bus,
             http_addr,
             lan_addr,
             _temporary: temporary,
@@ -135,6 +156,16 @@ impl Agent {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The LAN gossip of this agent.
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// The event bus of this agent.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     /// Where the LAN QUIC endpoint listens.
@@ -156,6 +187,49 @@ impl Agent {
         self.transport.shutdown().await;
         tracing::info!("agent stopped");
     }
+}
+
+/// Starts LAN gossip with a generation one above the last start's (saved before gossip
+/// begins), joining `--join` and the members saved before a restart.
+#[allow(clippy::too_many_arguments)]
+fn start_gossip(
+    config: &Config,
+    data_dir: &Path,
+    advertise: SocketAddr,
+    transport: Transport,
+    datagrams: crate::transport::DatagramReceiver,
+    bus: Bus,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Gossip> {
+    let mut saved = MembersFile::load(data_dir)?;
+    saved.generation += 1;
+    saved
+        .save(data_dir)
+        .context("saving the gossip generation")?;
+    let role = if config.server {
+        membership::Role::Server
+    } else {
+        membership::Role::Client
+    };
+    let mut membership = MembershipConfig::lan(&config.dc, role);
+    membership.tags = standard_tags(&role.to_string(), &config.dc, &BTreeMap::new());
+    let mut join = config.join.clone();
+    join.extend(saved.peers.iter().filter(|addr| **addr != advertise));
+    join.dedup();
+    let gossip_config = GossipConfig {
+        me: NodeIdentity {
+            name: config.node.clone(),
+            addr: advertise,
+            generation: saved.generation,
+        },
+        membership,
+        join,
+        data_dir: data_dir.to_path_buf(),
+        seed: uuid::Uuid::new_v4().as_u64_pair().0,
+    };
+    Gossip::spawn(gossip_config, transport, datagrams, bus, tracker, shutdown)
+        .context("starting gossip")
 }
 
 /// Creates the data dir (or a temporary one, removed when the guard drops).

@@ -17,7 +17,11 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     if agent.exists() {
         return Ok(agent);
     }
-    let profile = if dir.ends_with("release") { "--release" } else { "--profile=dev" };
+    let profile = if dir.ends_with("release") {
+        "--release"
+    } else {
+        "--profile=dev"
+    };
     eprintln!("building the agent ({profile})...");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", profile, "-p", "agent"])
@@ -83,7 +87,10 @@ impl Cluster {
             .arg(dir.path().join("certs"))
             .output()?;
         if !out.status.success() {
-            bail!("agent tls ca create: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "agent tls ca create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(Cluster {
             agent,
@@ -101,12 +108,17 @@ impl Cluster {
     ) -> anyhow::Result<()> {
         let certs = self.dir.path().join("certs");
         let out = Command::new(&self.agent)
-            .args(["tls", "cert", "create", "--client", "--dc", "dc1", "--node", node])
+            .args([
+                "tls", "cert", "create", "--client", "--dc", "dc1", "--node", node,
+            ])
             .args(["--out", node, "--dir"])
             .arg(&certs)
             .output()?;
         if !out.status.success() {
-            bail!("agent tls cert create: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "agent tls cert create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let http = SocketAddr::new(ip, 8500);
         let lan = SocketAddr::new(ip, 8301);

@@ -75,7 +75,11 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     }
     let converge = all_spawned.elapsed();
     let converge_from_first = first_spawn.elapsed();
-    let rss: Vec<u64> = cluster.agents.iter().filter_map(AgentProc::rss_kib).collect();
+    let rss: Vec<u64> = cluster
+        .agents
+        .iter()
+        .filter_map(AgentProc::rss_kib)
+        .collect();
 
     // Phase 2: kill -9 of the last agent, until every other one marks it failed.
     let mut victim = cluster.agents.pop().expect("at least two agents");
@@ -101,7 +105,10 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
             break;
         }
         if killed.elapsed() > limit {
-            bail!("failure not seen everywhere after {limit:?}: {marked}/{}", n - 1);
+            bail!(
+                "failure not seen everywhere after {limit:?}: {marked}/{}",
+                n - 1
+            );
         }
         tokio::time::sleep(POLL).await;
     }
@@ -113,16 +120,30 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     println!("bench gossip: {n} client agents on 127.0.1.1-{n}, LAN preset of the agent");
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| converge (from last start) | {:.2} s |", converge.as_secs_f64());
-    println!("| converge (from first start) | {:.2} s |", converge_from_first.as_secs_f64());
+    println!(
+        "| converge (from last start) | {:.2} s |",
+        converge.as_secs_f64()
+    );
+    println!(
+        "| converge (from first start) | {:.2} s |",
+        converge_from_first.as_secs_f64()
+    );
     println!(
         "| kill -9 to first agent marking it failed | {:.2} s |",
         first_seen.unwrap_or(detect_all).as_secs_f64()
     );
-    println!("| kill -9 to all {} agents marking it failed | {:.2} s |", n - 1, detect_all.as_secs_f64());
+    println!(
+        "| kill -9 to all {} agents marking it failed | {:.2} s |",
+        n - 1,
+        detect_all.as_secs_f64()
+    );
     println!("| live members ever marked suspect | {false_suspect} |");
     println!("| live members ever marked failed | {false_failed} |");
-    println!("| RSS per client agent, median / max | {:.1} / {:.1} MiB |", rss_median as f64 / 1024.0, rss_max as f64 / 1024.0);
+    println!(
+        "| RSS per client agent, median / max | {:.1} / {:.1} MiB |",
+        rss_median as f64 / 1024.0,
+        rss_max as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -150,10 +171,17 @@ async fn views(http: &reqwest::Client, agents: &[AgentProc]) -> Vec<Vec<(String,
     futures::future::join_all(requests).await
 }
 
-async fn wait_http(http: &reqwest::Client, agent: &AgentProc, limit: Duration) -> anyhow::Result<()> {
+async fn wait_http(
+    http: &reqwest::Client,
+    agent: &AgentProc,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if let Ok(r) = http.get(format!("http://{}/v1/agent/self", agent.http)).send().await
+        if let Ok(r) = http
+            .get(format!("http://{}/v1/agent/self", agent.http))
+            .send()
+            .await
             && r.status().is_success()
         {
             return Ok(());
@@ -173,7 +201,9 @@ fn false_alarms(cluster: &Cluster, victim: &str) -> (usize, usize) {
             continue;
         };
         for line in log.lines().filter(|l| l.contains("membership changed")) {
-            let Some(member) = field(line, "member") else { continue };
+            let Some(member) = field(line, "member") else {
+                continue;
+            };
             if member == victim {
                 continue;
             }

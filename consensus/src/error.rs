@@ -107,13 +107,23 @@ pub enum WriteError {
         /// Address information of the current leader, if known.
         leader_node: Option<ServerNode>,
     },
-    /// The write could not be completed now (shutting down, or the outcome is unknown
-    /// because this node lost track of it); the caller may retry.
+    /// The write was not proposed (the server is shutting down, for example); retrying
+    /// it is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The Raft node has stopped because of an unrecoverable error.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// The write was proposed but its outcome is unknown: it may or may not have been
+    /// applied (no result before the write timeout, or Raft stopped meanwhile). Retry
+    /// only if the write is idempotent, or read the state first.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+    /// This server's storage is nearly full, so writes that add data are refused; the
+    /// write was not proposed. Deletes are still accepted. Free space or raise the map
+    /// sizes in [`ServerConfig`](crate::ServerConfig) and restart.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 /// Failure of a read or of a linearizability check.

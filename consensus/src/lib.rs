@@ -14,7 +14,7 @@
 //! - `types`: node ids, [`ServerNode`], [`TypeConfig`], [`Request`], [`Response`],
 //!   [`KvEntry`], size limits.
 //! - `kv`: Consul's KV rules (apply and index queries), independent of storage.
-//! - `lmdb`: opening LMDB environments.
+//! - `lmdb`: opening LMDB environments, durable directory creation, storage usage.
 //! - `log_store`: the Raft log and vote on LMDB, with the group-commit writer thread.
 //! - `sm_db`: the state machine's LMDB tables.
 //! - `state_machine`: openraft's state machine over `sm_db`.
@@ -30,7 +30,9 @@
 //! `<data_dir>/log` (LMDB: log entries, vote, committed id, purge point), `<data_dir>/sm`
 //! (LMDB: KV entries, tombstones, applied state), `<data_dir>/snapshots` (current
 //! snapshot file). The two environments fsync independently, so the log's and the state
-//! machine's commits overlap.
+//! machine's commits overlap. Their maps are sized by [`ServerConfig`] (64 GiB each by
+//! default on 64-bit targets: sparse files and address space only); the leader refuses
+//! writes that add data above 90% use ([`WriteError::StorageFull`]).
 
 #![warn(missing_docs)]
 

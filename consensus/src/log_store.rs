@@ -26,6 +26,27 @@
 //! therefore waits for the commit, after which the entries are both readable and
 //! durable, and then calls the callback.
 //!
+//! # Purging behind a durable snapshot
+//! Openraft purges the log up to a snapshot as soon as it has decided to install it, while
+//! the state machine worker is still installing it (`PurgeLog` has no wait condition).
+//! Committing that purge at once would leave, after a crash in that window, a state
+//! machine at its old applied index and a log that starts after the snapshot: nothing
+//! could bring the state machine forward and openraft could not start. So the store
+//! reports the purge to openraft at once (`get_log_state`, reads below the purge point
+//! return nothing) but deletes entries and records the purge point on disk only up to the
+//! last snapshot that is durable, as published by the state machine
+//! ([`Durability`]); a snapshot is only published once everything it covers is durably
+//! applied. The rest of the purge is carried out with the next append or purge once the
+//! snapshot is durable. The entries on disk therefore always start right after the
+//! recorded purge point, which never passes the durable snapshot, and a restart after a
+//! crash at any point finds either the old state (log entries still there to re-apply)
+//! or the installed one.
+//!
+//! One case must wait: an append that would leave a hole after the entries still on disk
+//! (openraft appends right after the snapshot). The append then waits until the
+//! snapshot is durable (or its installation failed), so the entries on disk stay
+//! contiguous. Purge itself never waits, so the core always sees an install error.
+//!
 //! Under openraft 0.9 batching comes from above: a follower gets many entries per
 //! AppendEntries and writes them in one transaction, and on the leader the server
 //! coalesces concurrent client writes into one log entry (see `proposer`). The writer
@@ -33,7 +54,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -47,11 +68,12 @@ use openraft::{
     AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
     Vote,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::StoreError;
 use crate::lmdb::open_env;
-use crate::types::{NodeId, TypeConfig};
+use crate::snapshot::Durability;
+use crate::types::{MAX_APPEND_BYTES, NodeId, TypeConfig};
 
 const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
@@ -69,6 +91,8 @@ pub struct LogStoreMetrics {
     pub requests: u64,
     /// Log entries appended.
     pub entries: u64,
+    /// Encoded bytes of the log entries appended.
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -76,6 +100,7 @@ struct Counters {
     commits: AtomicU64,
     requests: AtomicU64,
     entries: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Reads the writer's counters.
@@ -88,6 +113,7 @@ impl LogMetricsHandle {
             commits: self.0.commits.load(Ordering::Relaxed),
             requests: self.0.requests.load(Ordering::Relaxed),
             entries: self.0.entries.load(Ordering::Relaxed),
+            bytes: self.0.bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -100,8 +126,8 @@ struct LogDb {
 }
 
 impl LogDb {
-    fn open(dir: &Path) -> Result<Self, StoreError> {
-        let env = open_env(dir, 2)?;
+    fn open(dir: &Path, map_size: usize) -> Result<Self, StoreError> {
+        let env = open_env(dir, 2, map_size)?;
         let mut txn = env.write_txn()?;
         let entries = env.create_database(&mut txn, Some("entries"))?;
         let meta = env.create_database(&mut txn, Some("meta"))?;
@@ -130,18 +156,38 @@ impl LogDb {
         }
     }
 
+    /// Entries in `range` at or above `floor` (the first index not purged), stopping
+    /// before the encoded entries exceed `max_bytes` (at least one entry is returned).
     fn read_range<RB: RangeBounds<u64>>(
         &self,
         range: RB,
+        floor: u64,
+        max_bytes: usize,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let range = above_floor(&range, floor);
         let txn = self.env.read_txn()?;
         let mut out = Vec::new();
+        let mut total = 0usize;
         for item in self.entries.range(&txn, &range)? {
             let (_, bytes) = item?;
+            total = total.saturating_add(bytes.len());
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
             out.push(postcard::from_bytes(bytes)?);
         }
         Ok(out)
     }
+}
+
+/// `range` without the indexes below `floor`.
+fn above_floor<RB: RangeBounds<u64>>(range: &RB, floor: u64) -> (Bound<u64>, Bound<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => Bound::Included(s.max(floor)),
+        Bound::Excluded(&s) if s >= floor => Bound::Excluded(s),
+        Bound::Excluded(_) | Bound::Unbounded => Bound::Included(floor),
+    };
+    (start, range.end_bound().cloned())
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -198,12 +244,13 @@ fn writer_loop(
         let pending_committed = take_slot(&committed);
         let result = commit_batch(&db, &batch, pending_committed.as_deref());
         match &result {
-            Ok(appended) => {
+            Ok((appended, bytes)) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters
                     .requests
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 counters.entries.fetch_add(*appended, Ordering::Relaxed);
+                counters.bytes.fetch_add(*bytes, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(error = %e, "log write transaction failed");
@@ -233,15 +280,20 @@ fn take_slot(slot: &CommittedSlot) -> Option<Vec<u8>> {
 }
 
 /// Applies `batch` in one write transaction and commits; returns the number of entries
-/// appended.
-fn commit_batch(db: &LogDb, batch: &[Op], committed: Option<&[u8]>) -> Result<u64, StoreError> {
+/// appended and their encoded size.
+fn commit_batch(
+    db: &LogDb,
+    batch: &[Op],
+    committed: Option<&[u8]>,
+) -> Result<(u64, u64), StoreError> {
     let mut txn = db.env.write_txn()?;
-    let mut appended = 0;
+    let (mut appended, mut appended_bytes) = (0, 0);
     for op in batch {
         match op {
             Op::Append { entries, .. } => {
                 for (index, bytes) in entries {
                     db.entries.put(&mut txn, index, bytes)?;
+                    appended_bytes += bytes.len() as u64;
                 }
                 appended += entries.len() as u64;
             }
@@ -263,13 +315,14 @@ fn commit_batch(db: &LogDb, batch: &[Op], committed: Option<&[u8]>) -> Result<u6
         db.meta.put(&mut txn, META_COMMITTED, bytes)?;
     }
     txn.commit()?;
-    Ok(appended)
+    Ok((appended, appended_bytes))
 }
 
 /// Reads log entries; handed to openraft's replication tasks. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct LogReader {
     db: LogDb,
+    floor: Arc<AtomicU64>,
 }
 
 /// The Raft log store. Owned by openraft's core task.
@@ -280,14 +333,27 @@ pub(crate) struct LogStore {
     counters: Arc<Counters>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
+    /// The purge point as openraft knows it.
     last_purged: Option<LogId<NodeId>>,
-    last_log: Option<LogId<NodeId>>,
+    /// The purge point recorded on disk: entries up to it are deleted, and no further.
+    durable_purged: Option<LogId<NodeId>>,
+    /// The last entry on disk.
+    last_entry: Option<LogId<NodeId>>,
+    /// First index that reads may return (the one after `last_purged`).
+    floor: Arc<AtomicU64>,
+    durability: watch::Receiver<Durability>,
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log in `dir` and starts its writer thread.
-    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = LogDb::open(dir)?;
+    /// Opens (creating if needed) the log in `dir`, with a map of `map_size` bytes, and
+    /// starts its writer thread. `durability` follows the state machine's durable
+    /// snapshot, which bounds how far purges go on disk.
+    pub(crate) fn open(
+        dir: &Path,
+        map_size: usize,
+        durability: watch::Receiver<Durability>,
+    ) -> Result<Self, StoreError> {
+        let db = LogDb::open(dir, map_size)?;
         let (vote, committed, last_purged) = {
             let txn = db.env.read_txn()?;
             (
@@ -296,7 +362,7 @@ impl LogStore {
                 db.meta_value::<LogId<NodeId>>(&txn, META_PURGED)?,
             )
         };
-        let last_log = db.last_log_id()?.or(last_purged);
+        let last_entry = db.last_log_id()?;
 
         let (ops, rx) = mpsc::channel();
         let committed_slot = CommittedSlot::default();
@@ -317,13 +383,21 @@ impl LogStore {
             vote,
             committed,
             last_purged,
-            last_log,
+            durable_purged: last_purged,
+            last_entry,
+            floor: Arc::new(AtomicU64::new(next_index(last_purged))),
+            durability,
         })
     }
 
     /// An event that fires once every handle on the log environment is dropped.
     pub(crate) fn closing_event(&self) -> heed::EnvClosingEvent {
         self.db.env.clone().prepare_for_closing()
+    }
+
+    /// A handle on the log environment, for watching its usage.
+    pub(crate) fn env(&self) -> Env<WithoutTls> {
+        self.db.env.clone()
     }
 
     pub(crate) fn metrics_handle(&self) -> LogMetricsHandle {
@@ -342,12 +416,70 @@ impl LogStore {
         }
     }
 
-    /// Rereads the last log id after entries were removed.
-    fn refresh_last_log(&mut self) -> Result<(), StoreError> {
-        let last = self.db.last_log_id()?;
-        self.last_log = last.or(self.last_purged);
+    /// Rereads the last entry on disk after entries were removed.
+    fn refresh_last_entry(&mut self) -> Result<(), StoreError> {
+        self.last_entry = self.db.last_log_id()?;
         Ok(())
     }
+
+    /// True when a snapshot covering `index` is durable.
+    fn snapshot_durable(&self, index: u64) -> bool {
+        self.durability.borrow().snapshot >= Some(index)
+    }
+
+    /// Deletes the entries up to `upto` and records it as the purge point, durably.
+    async fn purge_on_disk(&mut self, upto: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let encoded_id = postcard::to_allocvec(&upto).map_err(write_logs_error)?;
+        self.submit(|reply| Op::Purge {
+            upto: upto.index,
+            encoded_id,
+            reply,
+        })
+        .await
+        .map_err(write_logs_error)?;
+        self.durable_purged = Some(upto);
+        self.refresh_last_entry().map_err(read_logs_error)
+    }
+
+    /// Carries out a deferred purge before appending entries from `first`: at once if its
+    /// snapshot is durable now; otherwise only if the append would leave a hole after the
+    /// entries on disk, after waiting for the snapshot.
+    async fn settle_purge(&mut self, first: u64) -> Result<(), StorageError<NodeId>> {
+        let Some(target) = self.last_purged.filter(|p| Some(*p) > self.durable_purged) else {
+            return Ok(());
+        };
+        if !self.snapshot_durable(target.index) {
+            let end = self
+                .last_entry
+                .or(self.durable_purged)
+                .map_or(0, |id| id.index);
+            if first <= end + 1 {
+                return Ok(());
+            }
+            tracing::info!(
+                purge = %target,
+                first,
+                "waiting for the snapshot to be durable before appending after it"
+            );
+            let wait = self.durability.wait_for(|d| {
+                d.snapshot >= Some(target.index) || d.failed_install >= Some(target.index)
+            });
+            let failed = match wait.await {
+                Ok(d) => d.snapshot < Some(target.index),
+                Err(_) => true,
+            };
+            if failed {
+                return Err(write_logs_error(io::Error::other(format!(
+                    "the snapshot up to {target} was not installed; cannot append after it"
+                ))));
+            }
+        }
+        self.purge_on_disk(target).await
+    }
+}
+
+fn next_index(id: Option<LogId<NodeId>>) -> u64 {
+    id.map_or(0, |id| id.index + 1)
 }
 
 fn read_logs_error(e: StoreError) -> StorageError<NodeId> {
@@ -363,7 +495,23 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        self.db.read_range(range).map_err(read_logs_error)
+        let floor = self.floor.load(Ordering::Acquire);
+        self.db
+            .read_range(range, floor, usize::MAX)
+            .map_err(read_logs_error)
+    }
+
+    /// Stops before the entries exceed [`MAX_APPEND_BYTES`] (at least one entry), so
+    /// replication never loads more than one AppendEntries can carry.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let floor = self.floor.load(Ordering::Acquire);
+        self.db
+            .read_range(start..end, floor, MAX_APPEND_BYTES)
+            .map_err(read_logs_error)
     }
 }
 
@@ -372,7 +520,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        self.db.read_range(range).map_err(read_logs_error)
+        let floor = self.floor.load(Ordering::Acquire);
+        self.db
+            .read_range(range, floor, usize::MAX)
+            .map_err(read_logs_error)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let floor = self.floor.load(Ordering::Acquire);
+        self.db
+            .read_range(start..end, floor, MAX_APPEND_BYTES)
+            .map_err(read_logs_error)
     }
 }
 
@@ -382,13 +544,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         Ok(LogState {
             last_purged_log_id: self.last_purged,
-            last_log_id: self.last_log.or(self.last_purged),
+            last_log_id: self.last_entry.max(self.last_purged),
         })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         LogReader {
             db: self.db.clone(),
+            floor: self.floor.clone(),
         }
     }
 
@@ -446,6 +609,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let first = encoded[0].0;
+        if let Err(e) = self.settle_purge(first).await {
+            callback.log_io_completed(Err(io::Error::other(e.to_string())));
+            return Err(e);
+        }
         match self
             .submit(|reply| Op::Append {
                 entries: encoded,
@@ -454,7 +622,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
         {
             Ok(()) => {
-                self.last_log = Some(last);
+                self.last_entry = Some(last);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -473,20 +641,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(write_logs_error)?;
-        self.refresh_last_log().map_err(read_logs_error)
+        self.refresh_last_entry().map_err(read_logs_error)
     }
 
+    /// Purges up to `log_id` as far as openraft can tell at once; on disk only once a
+    /// durable snapshot covers it (see the module documentation). Never waits for the
+    /// state machine.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let encoded_id = postcard::to_allocvec(&log_id).map_err(write_logs_error)?;
-        self.submit(|reply| Op::Purge {
-            upto: log_id.index,
-            encoded_id,
-            reply,
-        })
-        .await
-        .map_err(write_logs_error)?;
+        if Some(log_id) <= self.last_purged {
+            return Ok(());
+        }
         self.last_purged = Some(log_id);
-        self.refresh_last_log().map_err(read_logs_error)
+        self.floor.store(log_id.index + 1, Ordering::Release);
+        if self.snapshot_durable(log_id.index) {
+            self.purge_on_disk(log_id).await
+        } else {
+            tracing::info!(
+                purge = %log_id,
+                "deferring the purge on disk until a snapshot covering it is durable"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -497,6 +672,8 @@ mod tests {
 
     use super::*;
     use crate::types::{Request, ServerNode};
+
+    const TEST_MAP_SIZE: usize = 64 << 20;
 
     #[test]
     fn entries_round_trip_through_postcard() {
@@ -543,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn writer_merges_queued_requests_into_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let db = LogDb::open(dir.path()).unwrap();
+        let db = LogDb::open(dir.path(), TEST_MAP_SIZE).unwrap();
         let (tx, rx) = mpsc::channel();
         let mut replies = Vec::new();
         for i in 1..=50u64 {
@@ -580,10 +757,11 @@ mod tests {
             LogStoreMetrics {
                 commits: 1,
                 requests: 51,
-                entries: 50
+                entries: 50,
+                bytes: metrics.bytes,
             }
         );
-        assert_eq!(db.read_range(..).unwrap().len(), 50);
+        assert_eq!(db.read_range(.., 0, usize::MAX).unwrap().len(), 50);
         assert_eq!(db.last_log_id().unwrap(), Some(log_id(1, 1, 50)));
         let txn = db.env.read_txn().unwrap();
         let committed: Option<LogId<NodeId>> = db.meta_value(&txn, META_COMMITTED).unwrap();
@@ -600,7 +778,7 @@ mod tests {
     /// Opens the log in `dir`, waiting for a previous instance's writer to let go.
     async fn reopen(dir: &Path) -> LogStore {
         for _ in 0..100 {
-            match LogStore::open(dir) {
+            match LogStore::open(dir, TEST_MAP_SIZE, Durability::unbounded()) {
                 Ok(store) => return store,
                 Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -616,7 +794,7 @@ mod tests {
         use openraft::storage::RaftLogStorageExt;
 
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(dir.path()).unwrap();
+        let mut store = LogStore::open(dir.path(), TEST_MAP_SIZE, Durability::unbounded()).unwrap();
         store.blocking_append((1..=20).map(blank)).await.unwrap();
         store.purge(log_id(2, 1, 5)).await.unwrap();
         store.truncate(log_id(2, 1, 18)).await.unwrap();
@@ -640,5 +818,44 @@ mod tests {
         let entries = store.try_get_log_entries(0..100).await.unwrap();
         let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
         assert_eq!(indexes, (6..=17).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn limited_reads_stop_at_the_append_budget() {
+        use openraft::storage::RaftLogStorageExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), TEST_MAP_SIZE, Durability::unbounded()).unwrap();
+        let big = |index: u64| Entry {
+            log_id: log_id(2, 1, index),
+            payload: EntryPayload::Normal(Request::KvSet {
+                key: format!("k{index}"),
+                value: vec![1; crate::MAX_VALUE_LEN],
+                flags: 0,
+            }),
+        };
+        store.blocking_append((1..=20).map(big)).await.unwrap();
+        let mut reader = store.get_log_reader().await;
+
+        let limited = reader.limited_get_log_entries(1, 21).await.unwrap();
+        assert!(
+            (1..20).contains(&limited.len()),
+            "{} entries",
+            limited.len()
+        );
+        assert_eq!(limited[0].log_id.index, 1);
+        let bytes: usize = limited
+            .iter()
+            .map(|e| postcard::to_allocvec(e).unwrap().len())
+            .sum();
+        assert!(bytes <= MAX_APPEND_BYTES, "{bytes} bytes");
+        // The rest follows from where the first read stopped.
+        let next = limited.len() as u64 + 1;
+        let rest = reader.limited_get_log_entries(next, 21).await.unwrap();
+        assert_eq!(rest[0].log_id.index, next);
+        // One entry is returned even when it alone exceeds the budget.
+        let db = store.db.clone();
+        assert_eq!(db.read_range(1..21, 0, 10).unwrap().len(), 1);
+        assert_eq!(reader.try_get_log_entries(1..21).await.unwrap().len(), 20);
     }
 }

@@ -26,10 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CodecError, TransportError};
-use crate::types::{NodeId, ServerNode, TypeConfig};
-
-/// Largest estimated AppendEntries payload; larger requests are split by openraft.
-const MAX_APPEND_BYTES: usize = 8 << 20;
+use crate::types::{MAX_APPEND_BYTES, NodeId, ServerNode, TypeConfig};
 
 /// Sends one Raft RPC to another server and returns its answer.
 ///

@@ -2,15 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
-use openraft::raft::AppendEntriesResponse;
-use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::error::{
+    CheckIsLeaderError, InitializeError, InstallSnapshotError, RaftError, SnapshotMismatch,
+};
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
+use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy, SnapshotSegmentId};
 use tokio::sync::watch;
 
 use crate::error::{Error, ReadError, WriteError};
+use crate::lmdb::{DEFAULT_MAP_SIZE, StorageMonitor};
 use crate::log_store::{LogMetricsHandle, LogStore, LogStoreMetrics};
 use crate::network::{Network, RaftRpcRequest, RaftRpcResponse, RaftTransport};
 use crate::proposer::{Limits, Proposer, WriteOutcome};
@@ -21,6 +24,12 @@ use crate::types::{NodeId, Request, ServerNode, TypeConfig};
 
 /// How long `shutdown` waits for the stores to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the log's size is checked against [`ServerConfig::snapshot_log_bytes`].
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a size-triggered snapshot may take before it is triggered again.
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(30);
 
 /// Configuration of a [`RaftServer`].
 #[derive(Debug, Clone)]
@@ -41,6 +50,21 @@ pub struct ServerConfig {
     pub max_batch_len: usize,
     /// Byte budget of one coalesced entry (one write may exceed it).
     pub max_batch_bytes: usize,
+    /// How long a proposed write may wait for its result; after that its callers get
+    /// [`WriteError::Indeterminate`] and its proposal slot is released.
+    pub write_timeout: Duration,
+    /// Size of the log's LMDB map in bytes: the most the log file may grow to. The file is
+    /// sparse and the map is address space only. A larger value given at restart takes
+    /// effect for an existing store.
+    pub log_map_size: usize,
+    /// Size of the state machine's LMDB map in bytes, as for `log_map_size`; it also
+    /// bounds the size of a snapshot accepted from a leader. Above 90% use of either map
+    /// the leader refuses writes that add data ([`WriteError::StorageFull`]).
+    pub sm_map_size: usize,
+    /// Build a snapshot (and so let the log be purged) once this many bytes of entries
+    /// were appended since the last one, in addition to openraft's entry-count policy
+    /// (`raft.snapshot_policy`), which cannot count bytes.
+    pub snapshot_log_bytes: u64,
 }
 
 impl ServerConfig {
@@ -55,6 +79,10 @@ impl ServerConfig {
             max_proposals_in_flight: 4,
             max_batch_len: 1024,
             max_batch_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(30),
+            log_map_size: DEFAULT_MAP_SIZE,
+            sm_map_size: DEFAULT_MAP_SIZE,
+            snapshot_log_bytes: 512 << 20,
         }
     }
 
@@ -62,7 +90,8 @@ impl ServerConfig {
     /// heartbeat every 150 ms and an election timeout of 500–1000 ms, so a busy scheduler
     /// does not cause spurious elections while a dead leader is replaced within about a
     /// second; up to 512 entries per AppendEntries (entries are batches already, and
-    /// oversized requests are split by estimated bytes); a snapshot every 10,000 entries;
+    /// oversized requests are split by estimated bytes); a snapshot every 10,000 entries
+    /// (the server adds a trigger by bytes, [`ServerConfig::snapshot_log_bytes`]);
     /// followers more than 20,000 entries behind get a snapshot; purges in steps of 1,000
     /// entries; snapshot chunks of 1 MiB with 5 s to transfer each.
     pub fn default_raft_config() -> Config {
@@ -97,9 +126,20 @@ struct Inner {
     raft: Raft<TypeConfig>,
     kv: KvReader,
     proposer: Proposer,
+    storage: Arc<StorageMonitor>,
     log_metrics: LogMetricsHandle,
     last_contact: Mutex<Option<Instant>>,
     closing: Mutex<Vec<heed::EnvClosingEvent>>,
+    /// Where the snapshot being received ends so far.
+    receiving: Mutex<Option<Received>>,
+    max_snapshot_bytes: u64,
+    snapshot_task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// The extent of the snapshot being received from a leader.
+struct Received {
+    snapshot_id: String,
+    end: u64,
 }
 
 /// A Raft server: storage, state machine and openraft, behind one handle. Cheap to clone.
@@ -117,11 +157,17 @@ impl RaftServer {
     pub async fn open<T: RaftTransport>(config: ServerConfig, transport: T) -> Result<Self, Error> {
         let raft_config = Arc::new(config.raft.clone().validate()?);
         let dir = &config.data_dir;
-        let log = LogStore::open(&dir.join("log"))?;
-        let sm_db = SmDb::open(&dir.join("sm"))?;
-        let sm = StateMachine::open(sm_db.clone(), &dir.join("snapshots"))?;
+        crate::lmdb::create_dir_durable(dir)?;
+        let max_snapshot_bytes = config.sm_map_size as u64;
+        let sm_db = SmDb::open(&dir.join("sm"), config.sm_map_size)?;
+        let sm = StateMachine::open(sm_db.clone(), &dir.join("snapshots"), max_snapshot_bytes)?;
+        let log = LogStore::open(&dir.join("log"), config.log_map_size, sm.durability())?;
         let closing = vec![log.closing_event(), sm_db.env.clone().prepare_for_closing()];
         let log_metrics = log.metrics_handle();
+        let storage = Arc::new(StorageMonitor::new(vec![
+            ("log", log.env()),
+            ("state machine", sm_db.env.clone()),
+        ]));
 
         let network = Network::new(config.id, transport);
         let raft = Raft::new(config.id, raft_config, network, log, sm).await?;
@@ -132,19 +178,29 @@ impl RaftServer {
                 max_in_flight: config.max_proposals_in_flight,
                 max_batch_len: config.max_batch_len,
                 max_batch_bytes: config.max_batch_bytes,
+                write_timeout: config.write_timeout,
             },
+            storage.clone(),
         );
-        Ok(RaftServer {
-            inner: Arc::new(Inner {
-                id: config.id,
-                raft,
-                kv: KvReader::new(sm_db),
-                proposer,
-                log_metrics,
-                last_contact: Mutex::new(None),
-                closing: Mutex::new(closing),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            id: config.id,
+            raft,
+            kv: KvReader::new(sm_db),
+            proposer,
+            storage,
+            log_metrics,
+            last_contact: Mutex::new(None),
+            closing: Mutex::new(closing),
+            receiving: Mutex::new(None),
+            max_snapshot_bytes,
+            snapshot_task: Mutex::new(None),
+        });
+        let task = tokio::spawn(snapshot_by_log_bytes(
+            Arc::downgrade(&inner),
+            config.snapshot_log_bytes,
+        ));
+        *lock(&inner.snapshot_task) = Some(task.abort_handle());
+        Ok(RaftServer { inner })
     }
 
     /// This server's id.
@@ -282,30 +338,79 @@ impl RaftServer {
             }
             RaftRpcRequest::Vote(req) => RaftRpcResponse::Vote(raft.vote(req).await),
             RaftRpcRequest::InstallSnapshot(req) => {
+                if let Err(e) = self.check_chunk(&req) {
+                    return RaftRpcResponse::InstallSnapshot(Err(RaftError::APIError(e)));
+                }
                 let sender_vote = req.vote;
+                let (snapshot_id, end, done) = (
+                    req.meta.snapshot_id.clone(),
+                    req.offset + req.data.len() as u64,
+                    req.done,
+                );
                 let result = raft.install_snapshot(req).await;
                 if matches!(&result, Ok(r) if r.vote <= sender_vote) {
                     self.touch_contact();
+                    let mut receiving = lock(&self.inner.receiving);
+                    match receiving.as_mut() {
+                        _ if done => *receiving = None,
+                        Some(r) if r.snapshot_id == snapshot_id => r.end = r.end.max(end),
+                        _ => *receiving = Some(Received { snapshot_id, end }),
+                    }
                 }
                 RaftRpcResponse::InstallSnapshot(result)
             }
         }
     }
 
+    /// Refuses a snapshot chunk that would leave a hole in the file being received (its
+    /// offset is past what was received so far) or make it larger than a snapshot may
+    /// be: openraft writes a chunk at whatever offset it names. The leader restarts the
+    /// transfer from the beginning on this error.
+    fn check_chunk(
+        &self,
+        req: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), InstallSnapshotError> {
+        let received = lock(&self.inner.receiving)
+            .as_ref()
+            .filter(|r| r.snapshot_id == req.meta.snapshot_id)
+            .map_or(0, |r| r.end);
+        let end = req.offset.saturating_add(req.data.len() as u64);
+        if req.offset <= received && end <= self.inner.max_snapshot_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            offset = req.offset,
+            len = req.data.len(),
+            received,
+            limit = self.inner.max_snapshot_bytes,
+            "refusing a snapshot chunk"
+        );
+        Err(InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
+            expect: SnapshotSegmentId {
+                id: req.meta.snapshot_id.clone(),
+                offset: received,
+            },
+            got: SnapshotSegmentId {
+                id: req.meta.snapshot_id.clone(),
+                offset: req.offset,
+            },
+        }))
+    }
+
     fn touch_contact(&self) {
-        *self
-            .inner
-            .last_contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *lock(&self.inner.last_contact) = Some(Instant::now());
     }
 
     /// Stops Raft, refuses further writes and reads, and waits (up to 10 s) until both
     /// LMDB environments are closed, so the same directory can be opened again.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.proposer.close();
+        if let Some(task) = lock(&self.inner.snapshot_task).take() {
+            task.abort();
+        }
         let stopped = self.inner.raft.shutdown().await;
         self.inner.kv.close();
+        self.inner.storage.close();
         let closing: Vec<_> =
             std::mem::take(&mut *self.inner.closing.lock().unwrap_or_else(|p| p.into_inner()));
         let all_closed = tokio::task::spawn_blocking(move || {
@@ -319,5 +424,51 @@ impl RaftServer {
             tracing::warn!("stores still open after shutdown");
         }
         stopped.map_err(|e| Error::Shutdown(e.to_string()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Triggers a snapshot whenever `threshold` bytes of log entries were appended since the
+/// last one, so the log is purged by size as well as by openraft's entry count. Ends when
+/// the server is dropped or shut down.
+async fn snapshot_by_log_bytes(server: Weak<Inner>, threshold: u64) {
+    let mut last_snapshot = None;
+    let mut baseline = 0;
+    let mut triggered: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK_INTERVAL).await;
+        let Some(inner) = server.upgrade() else {
+            return;
+        };
+        let (snapshot, applied) = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow();
+            if m.running_state.is_err() {
+                return;
+            }
+            (m.snapshot, m.last_applied)
+        };
+        let appended = inner.log_metrics.get().bytes;
+        if snapshot != last_snapshot {
+            last_snapshot = snapshot;
+            baseline = appended;
+            triggered = None;
+        }
+        let due = appended.saturating_sub(baseline) >= threshold
+            && applied > snapshot
+            && triggered.is_none_or(|at| at.elapsed() >= SNAPSHOT_RETRIGGER);
+        if due {
+            tracing::info!(
+                bytes = appended - baseline,
+                "log grew past the snapshot threshold; building a snapshot"
+            );
+            triggered = Some(Instant::now());
+            if inner.raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
     }
 }

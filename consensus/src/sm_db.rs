@@ -4,7 +4,8 @@
 //! - `kv`: key → [`StoredEntry`] (postcard),
 //! - `tombstones`: key → log index of its delete (big-endian u64),
 //! - `meta`: `applied` (last applied log id), `membership` (last applied membership),
-//!   `kv_index` (the KV table index).
+//!   `kv_index` (the KV table index), `installed_snapshot` (last log id of the last
+//!   snapshot installed from a leader, written in the install's transaction).
 //!
 //! The environment is opened without thread-local read transactions, so short read
 //! transactions can be taken from any tokio task.
@@ -26,6 +27,7 @@ use crate::types::{KvEntry, NodeId, ServerNode};
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
 const META_KV_INDEX: &str = "kv_index";
+const META_INSTALLED: &str = "installed_snapshot";
 
 /// Visitor of raw `(key, stored bytes)` pairs.
 type RawVisit<'a> = dyn FnMut(&str, &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
@@ -52,9 +54,9 @@ pub(crate) struct SmDb {
 }
 
 impl SmDb {
-    /// Opens (creating if needed) the environment in `dir`.
-    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
-        let env = open_env(dir, 4)?;
+    /// Opens (creating if needed) the environment in `dir` with a map of `map_size` bytes.
+    pub(crate) fn open(dir: &Path, map_size: usize) -> Result<Self, StoreError> {
+        let env = open_env(dir, 4, map_size)?;
         let mut txn = env.write_txn()?;
         let kv = env.create_database(&mut txn, Some("kv"))?;
         let tombstones = env.create_database(&mut txn, Some("tombstones"))?;
@@ -85,6 +87,27 @@ impl SmDb {
             Some(bytes) => Ok(postcard::from_bytes(bytes)?),
             None => Ok(None),
         }
+    }
+
+    /// Last log id of the last snapshot installed into this state machine.
+    pub(crate) fn installed_snapshot(
+        &self,
+        txn: &RoTxn,
+    ) -> Result<Option<LogId<NodeId>>, StoreError> {
+        match self.meta.get(txn, META_INSTALLED)? {
+            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn set_installed_snapshot(
+        &self,
+        txn: &mut RwTxn,
+        last_log_id: &Option<LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(last_log_id)?;
+        self.meta.put(txn, META_INSTALLED, &bytes)?;
+        Ok(())
     }
 
     pub(crate) fn membership(
@@ -398,7 +421,7 @@ mod tests {
     #[test]
     fn lmdb_tables_follow_the_same_rules_as_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SmDb::open(dir.path()).unwrap();
+        let db = SmDb::open(dir.path(), 64 << 20).unwrap();
         let mut mem = crate::kv::mem::MemTables::default();
         let requests = [
             Request::KvSet {

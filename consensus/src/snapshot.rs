@@ -13,6 +13,13 @@
 //! `recv-N.part`. Leftover temporary files are removed at startup.
 //!
 //! Snapshot data is a `tokio::fs::File`, so a snapshot is never held in memory whole.
+//!
+//! # Durable snapshot watermark
+//! The last log id of the current snapshot file is published on a watch channel
+//! ([`Durability`]) once the file is durable. A snapshot file is only ever published
+//! after the state machine has durably applied everything it covers, so the log store
+//! uses this watermark to decide how far it may physically purge: see
+//! [`crate::log_store`].
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,8 +29,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::StoreError;
+use crate::lmdb::{create_dir_durable, sync_dir};
 use crate::sm_db::SmDb;
 use crate::types::{KvEntry, NodeId, ServerNode};
 
@@ -52,18 +61,46 @@ struct Current {
     next_file: u64,
 }
 
+/// What the state machine has made durable, as far as the log store needs to know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Durability {
+    /// Index of the last entry covered by the durable current snapshot; the state machine
+    /// has durably applied at least that far.
+    pub(crate) snapshot: Option<u64>,
+    /// Index of the last entry of a snapshot whose installation failed.
+    pub(crate) failed_install: Option<u64>,
+}
+
+impl Durability {
+    /// For a log store that is not paired with a state machine: everything is durable.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> watch::Receiver<Durability> {
+        let (tx, rx) = watch::channel(Durability {
+            snapshot: Some(u64::MAX),
+            failed_install: None,
+        });
+        // Keep the channel open: a closed channel means the state machine is gone.
+        std::mem::forget(tx);
+        rx
+    }
+}
+
 /// The snapshot directory of one node.
 pub(crate) struct SnapshotDir {
     dir: PathBuf,
+    /// Largest snapshot file accepted for installation.
+    max_bytes: u64,
     state: Mutex<Current>,
+    durability: watch::Sender<Durability>,
 }
 
 impl SnapshotDir {
     /// Opens `dir`, removing leftover temporary files and reading the current snapshot's
     /// header. An unreadable current snapshot is removed: the state machine is durable on
-    /// its own and openraft builds a new snapshot when it needs one.
-    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir)?;
+    /// its own and openraft builds a new snapshot when it needs one. Snapshots larger
+    /// than `max_bytes` are refused for installation.
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        create_dir_durable(dir)?;
         for item in fs::read_dir(dir)? {
             let path = item?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -84,10 +121,26 @@ impl SnapshotDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
+        let durability = watch::Sender::new(Durability {
+            snapshot: meta.as_ref().and_then(|m| m.last_log_id).map(|id| id.index),
+            failed_install: None,
+        });
         Ok(SnapshotDir {
             dir: dir.to_owned(),
+            max_bytes,
             state: Mutex::new(Current { meta, next_file: 0 }),
+            durability,
         })
+    }
+
+    /// Follows what the state machine has made durable.
+    pub(crate) fn durability(&self) -> watch::Receiver<Durability> {
+        self.durability.subscribe()
+    }
+
+    /// Meta of the current snapshot.
+    pub(crate) fn current_meta(&self) -> Option<Meta> {
+        self.lock().meta.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
@@ -198,8 +251,10 @@ impl SnapshotDir {
     /// Replaces the state machine's state with the snapshot read from `data` (from
     /// offset 0), in one write transaction, and makes the snapshot current.
     ///
-    /// The data is first copied into a file of this directory, so the snapshot stays
-    /// available whatever `data` refers to.
+    /// The header is checked and the size bounded before anything is copied. The data is
+    /// then copied into a file of this directory, so the snapshot stays available
+    /// whatever `data` refers to. A failure is reported on the durability channel, so a
+    /// log store waiting for this snapshot gives up.
     pub(crate) fn install(
         &self,
         db: &SmDb,
@@ -210,6 +265,11 @@ impl SnapshotDir {
         let result = self.install_from(db, data, meta, &tmp);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
+            if let Some(index) = meta.last_log_id.map(|id| id.index) {
+                self.durability.send_modify(|d| {
+                    d.failed_install = d.failed_install.max(Some(index));
+                });
+            }
         }
         result
     }
@@ -221,56 +281,28 @@ impl SnapshotDir {
         meta: &Meta,
         tmp: &Path,
     ) -> Result<(), StoreError> {
+        let len = data.metadata()?.len();
+        if len > self.max_bytes {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot of {len} bytes exceeds the limit of {} bytes",
+                self.max_bytes
+            )));
+        }
+        data.seek(SeekFrom::Start(0))?;
+        check_header(&mut BufReader::new(&mut *data), meta)?;
+
         data.seek(SeekFrom::Start(0))?;
         let mut copy = File::create(tmp)?;
-        io::copy(data, &mut copy)?;
+        let copied = io::copy(&mut (&mut *data).take(len), &mut copy)?;
+        if copied != len {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot shrank from {len} to {copied} bytes while being copied"
+            )));
+        }
         copy.sync_all()?;
         drop(copy);
 
-        let mut input = BufReader::new(File::open(tmp)?);
-        let (header, kv_index) = read_header(&mut input)?;
-        if header.last_log_id != meta.last_log_id || header.last_membership != meta.last_membership
-        {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot data is {header} but was announced as {meta}"
-            )));
-        }
-
-        let mut txn = db.env.write_txn()?;
-        db.clear(&mut txn)?;
-        let (mut entries, mut tombstones) = (0u64, 0u64);
-        loop {
-            match read_record(&mut input)? {
-                Record::Entry(e) => {
-                    db.put_entry(&mut txn, &e)?;
-                    entries += 1;
-                }
-                Record::Tombstone { key, index } => {
-                    db.put_tombstone(&mut txn, &key, index)?;
-                    tombstones += 1;
-                }
-                Record::End {
-                    entries: want_entries,
-                    tombstones: want_tombstones,
-                } => {
-                    if (entries, tombstones) != (want_entries, want_tombstones) {
-                        return Err(StoreError::Corrupt(format!(
-                            "snapshot holds {entries} entries and {tombstones} tombstones, \
-                             its trailer says {want_entries} and {want_tombstones}"
-                        )));
-                    }
-                    break;
-                }
-                Record::Header { .. } => {
-                    return Err(StoreError::Corrupt("second snapshot header".into()));
-                }
-            }
-        }
-        db.set_kv_index(&mut txn, kv_index)?;
-        db.set_applied(&mut txn, &meta.last_log_id)?;
-        db.set_membership(&mut txn, &meta.last_membership)?;
-        txn.commit()?;
-
+        load_into(db, &mut BufReader::new(File::open(tmp)?), meta)?;
         self.publish(tmp, meta, true)?;
         self.remove_parts()
     }
@@ -285,13 +317,69 @@ impl SnapshotDir {
             .is_none_or(|cur| cur.last_log_id <= meta.last_log_id);
         if force || newer {
             fs::rename(tmp, self.dir.join(CURRENT))?;
-            File::open(&self.dir)?.sync_all()?;
+            sync_dir(&self.dir)?;
             state.meta = Some(meta.clone());
+            let index = meta.last_log_id.map(|id| id.index);
+            self.durability
+                .send_modify(|d| d.snapshot = d.snapshot.max(index));
         } else {
             fs::remove_file(tmp)?;
         }
         Ok(())
     }
+}
+
+/// Checks the magic and that the header matches `meta`.
+fn check_header(input: &mut impl Read, meta: &Meta) -> Result<u64, StoreError> {
+    let (header, kv_index) = read_header(input)?;
+    if header.last_log_id != meta.last_log_id || header.last_membership != meta.last_membership {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot data is {header} but was announced as {meta}"
+        )));
+    }
+    Ok(kv_index)
+}
+
+/// Replaces the state machine's state with the snapshot read from `input`, in one write
+/// transaction that also records the snapshot as installed. Changes nothing on error.
+pub(crate) fn load_into(db: &SmDb, input: &mut impl Read, meta: &Meta) -> Result<(), StoreError> {
+    let kv_index = check_header(input, meta)?;
+    let mut txn = db.env.write_txn()?;
+    db.clear(&mut txn)?;
+    let (mut entries, mut tombstones) = (0u64, 0u64);
+    loop {
+        match read_record(input)? {
+            Record::Entry(e) => {
+                db.put_entry(&mut txn, &e)?;
+                entries += 1;
+            }
+            Record::Tombstone { key, index } => {
+                db.put_tombstone(&mut txn, &key, index)?;
+                tombstones += 1;
+            }
+            Record::End {
+                entries: want_entries,
+                tombstones: want_tombstones,
+            } => {
+                if (entries, tombstones) != (want_entries, want_tombstones) {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot holds {entries} entries and {tombstones} tombstones, \
+                         its trailer says {want_entries} and {want_tombstones}"
+                    )));
+                }
+                break;
+            }
+            Record::Header { .. } => {
+                return Err(StoreError::Corrupt("second snapshot header".into()));
+            }
+        }
+    }
+    db.set_kv_index(&mut txn, kv_index)?;
+    db.set_applied(&mut txn, &meta.last_log_id)?;
+    db.set_membership(&mut txn, &meta.last_membership)?;
+    db.set_installed_snapshot(&mut txn, &meta.last_log_id)?;
+    txn.commit()?;
+    Ok(())
 }
 
 fn snapshot_id(index: Option<u64>) -> String {

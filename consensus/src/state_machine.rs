@@ -13,11 +13,12 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
     StorageError, StorageIOError, StoredMembership,
 };
+use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::kv;
 use crate::sm_db::SmDb;
-use crate::snapshot::{Meta, SnapshotDir};
+use crate::snapshot::{Durability, Meta, SnapshotDir};
 use crate::types::{NodeId, Response, ServerNode, TypeConfig};
 
 /// The state machine; owned by openraft's state machine worker.
@@ -33,12 +34,42 @@ pub(crate) struct SnapshotBuilder {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `db`, keeping snapshots in `snapshot_dir`.
-    pub(crate) fn open(db: SmDb, snapshot_dir: &Path) -> Result<Self, StoreError> {
+    /// Opens the state machine over `db`, keeping snapshots in `snapshot_dir` and
+    /// refusing to install snapshots larger than `max_snapshot_bytes`.
+    ///
+    /// If the current snapshot file is older than the last snapshot installed into the
+    /// state machine (a crash between the install's commit and the file's rename), a
+    /// snapshot is rebuilt from the state machine first: openraft purges the log up to
+    /// the installed snapshot, so an older snapshot would leave entries that no snapshot
+    /// and no log holds, and a leader would send that stale snapshot forever.
+    pub(crate) fn open(
+        db: SmDb,
+        snapshot_dir: &Path,
+        max_snapshot_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let snapshots = SnapshotDir::open(snapshot_dir, max_snapshot_bytes)?;
+        let installed = {
+            let txn = db.read_txn()?;
+            db.installed_snapshot(&txn)?
+        };
+        let current = snapshots.current_meta().and_then(|m| m.last_log_id);
+        if installed.is_some() && current < installed {
+            tracing::warn!(
+                ?installed,
+                ?current,
+                "the current snapshot is older than the installed one; rebuilding it"
+            );
+            snapshots.build(&db)?;
+        }
         Ok(StateMachine {
             db,
-            snapshots: Arc::new(SnapshotDir::open(snapshot_dir)?),
+            snapshots: Arc::new(snapshots),
         })
+    }
+
+    /// Follows what this state machine has made durable (see [`Durability`]).
+    pub(crate) fn durability(&self) -> watch::Receiver<Durability> {
+        self.snapshots.durability()
     }
 }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 use openraft::storage::RaftStateMachine;
 use openraft::testing::{StoreBuilder, Suite, log_id};
 use openraft::{
-    AnyError, Entry, EntryPayload, Membership, RaftSnapshotBuilder, StorageError, StorageIOError,
+    AnyError, Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageError,
+    StorageIOError,
 };
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -23,9 +24,11 @@ fn storage_error(e: StoreError) -> StorageError<NodeId> {
     StorageIOError::write(AnyError::new(&e)).into()
 }
 
+const MAP_SIZE: usize = 64 << 20;
+
 fn open_sm(dir: &Path) -> Result<(SmDb, StateMachine), StoreError> {
-    let db = SmDb::open(&dir.join("sm"))?;
-    let sm = StateMachine::open(db.clone(), &dir.join("snapshots"))?;
+    let db = SmDb::open(&dir.join("sm"), MAP_SIZE)?;
+    let sm = StateMachine::open(db.clone(), &dir.join("snapshots"), MAP_SIZE as u64)?;
     Ok((db, sm))
 }
 
@@ -34,8 +37,10 @@ struct HeedStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for HeedStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| storage_error(e.into()))?;
-        let log = LogStore::open(&dir.path().join("log")).map_err(storage_error)?;
         let (_, sm) = open_sm(dir.path()).map_err(storage_error)?;
+        // Paired as in a server: purges beyond the durable snapshot are deferred on disk.
+        let log = LogStore::open(&dir.path().join("log"), MAP_SIZE, sm.durability())
+            .map_err(storage_error)?;
         Ok((dir, log, sm))
     }
 }
@@ -151,7 +156,7 @@ async fn snapshot_install_reproduces_state() {
     let sm_dir = dir_b.path().join("sm");
     let snap_dir = dir_b.path().join("snapshots");
     let reopened_db = reopen(&sm_dir).await;
-    let mut reopened = StateMachine::open(reopened_db.clone(), &snap_dir).unwrap();
+    let mut reopened = StateMachine::open(reopened_db.clone(), &snap_dir, MAP_SIZE as u64).unwrap();
     let current = reopened.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     assert_eq!(dump(&reopened_db), dump(&db_a));
@@ -160,7 +165,7 @@ async fn snapshot_install_reproduces_state() {
 /// Reopens an environment whose handles were just dropped.
 async fn reopen(dir: &Path) -> SmDb {
     for _ in 0..100 {
-        match SmDb::open(dir) {
+        match SmDb::open(dir, MAP_SIZE) {
             Ok(db) => return db,
             Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -201,4 +206,208 @@ async fn truncated_snapshot_is_rejected_and_changes_nothing() {
     );
     assert_eq!(dump(&db_b), before);
     assert!(sm_b.get_current_snapshot().await.unwrap().is_none());
+}
+
+/// Opens a store whose previous instance was just dropped, retrying while LMDB still
+/// holds the environment.
+async fn retry_open<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T {
+    for _ in 0..100 {
+        match open() {
+            Ok(store) => return store,
+            Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+    panic!("environment never closed");
+}
+
+/// Reopens the state machine and the log of `dir`, paired as in a server.
+async fn reopen_pair(dir: &Path) -> (SmDb, StateMachine, LogStore) {
+    let (db, sm) = retry_open(|| open_sm(dir)).await;
+    let log = retry_open(|| LogStore::open(&dir.join("log"), MAP_SIZE, sm.durability())).await;
+    (db, sm, log)
+}
+
+fn sets(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    range
+        .map(|i| entry(i, set(&format!("k/{i:02}"), "v")))
+        .collect()
+}
+
+/// A node whose log holds entries 1..=20 (committed up to 15, purged up to 5), whose state
+/// machine applied 1..=10, with a snapshot up to 10.
+async fn follower_before_install(dir: &Path) -> (SmDb, StateMachine, LogStore) {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+
+    let (db, mut sm) = open_sm(dir).unwrap();
+    let mut log = LogStore::open(&dir.join("log"), MAP_SIZE, sm.durability()).unwrap();
+    log.blocking_append(sets(1..=15)).await.unwrap();
+    log.save_committed(Some(log_id(1, 1, 15))).await.unwrap();
+    // Persists the committed id too.
+    log.blocking_append(sets(16..=20)).await.unwrap();
+    sm.apply(sets(1..=10)).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    log.purge(log_id(1, 1, 5)).await.unwrap();
+    (db, sm, log)
+}
+
+/// A snapshot of a state machine that applied 1..=`last`, as received from a leader.
+async fn leader_snapshot(last: u64) -> (TempDir, openraft::Snapshot<TypeConfig>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut sm) = open_sm(dir.path()).unwrap();
+    sm.apply(sets(1..=last)).await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    (dir, snapshot)
+}
+
+/// Openraft purges the log up to a snapshot while the state machine is still installing
+/// it. A crash in that window must leave a node that starts: the purge may not reach the
+/// disk before the snapshot does.
+#[tokio::test]
+async fn crash_while_installing_a_snapshot_leaves_a_startable_node() {
+    use openraft::storage::{RaftLogStorage, StorageHelper};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_db, _sm, mut log) = follower_before_install(dir.path()).await;
+        // A snapshot up to 30 is being installed: openraft purges the log at once.
+        log.purge(log_id(1, 1, 30)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 30)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 30)));
+        assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+        // The process dies here: the install never commits.
+    }
+
+    let (db, mut sm, mut log) = reopen_pair(dir.path()).await;
+    let state = StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .expect("the node starts after the crash");
+    // The committed entries were re-applied from the log that is still there.
+    assert_eq!(state.committed, Some(log_id(1, 1, 15)));
+    assert_eq!(dump(&db).applied, Some(log_id(1, 1, 15)));
+    let log_state = log.get_log_state().await.unwrap();
+    assert_eq!(log_state.last_purged_log_id, Some(log_id(1, 1, 5)));
+    assert_eq!(log_state.last_log_id, Some(log_id(1, 1, 20)));
+}
+
+/// After a deferred purge, an append right after the snapshot would leave a hole on disk;
+/// it waits until the snapshot is durable, and then the purge reaches the disk with it.
+#[tokio::test]
+async fn append_after_a_deferred_purge_waits_for_the_snapshot() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_leader_dir, snapshot) = leader_snapshot(30).await;
+    {
+        let (_db, mut sm, mut log) = follower_before_install(dir.path()).await;
+        log.purge(log_id(1, 1, 30)).await.unwrap();
+        let append = tokio::spawn(async move {
+            log.blocking_append(sets(31..=32)).await.unwrap();
+            log
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!append.is_finished(), "appended past a hole on disk");
+
+        let mut received = sm.begin_receiving_snapshot().await.unwrap();
+        let mut data = snapshot.snapshot;
+        tokio::io::copy(&mut *data, &mut *received).await.unwrap();
+        received.shutdown().await.unwrap();
+        sm.install_snapshot(&snapshot.meta, received).await.unwrap();
+
+        let mut log = tokio::time::timeout(std::time::Duration::from_secs(5), append)
+            .await
+            .expect("the append resumes once the snapshot is durable")
+            .unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 30)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 32)));
+    }
+
+    let (db, _sm, mut log) = reopen_pair(dir.path()).await;
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 30)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 32)));
+    let indexes: Vec<u64> = log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, vec![31, 32]);
+    assert_eq!(dump(&db).applied, Some(log_id(1, 1, 30)));
+}
+
+/// A crash between the install's commit and the rename of its file leaves an older
+/// current snapshot; it is rebuilt at open, so it covers what openraft purged.
+#[tokio::test]
+async fn snapshot_older_than_the_installed_state_is_rebuilt_at_open() {
+    let (_leader_dir, snapshot) = leader_snapshot(6).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, mut sm) = open_sm(dir.path()).unwrap();
+        sm.apply(sets(1..=1)).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // The install's transaction commits; the process dies before the rename.
+        let mut file = (*snapshot.snapshot).into_std().await;
+        std::io::Seek::rewind(&mut file).unwrap();
+        crate::snapshot::load_into(&db, &mut std::io::BufReader::new(file), &snapshot.meta)
+            .unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id(1, 1, 1)));
+    }
+    let (db, mut sm) = retry_open(|| open_sm(dir.path())).await;
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 1, 6)));
+    assert_eq!(dump(&db).applied, Some(log_id(1, 1, 6)));
+}
+
+/// A received snapshot larger than the state machine's map is refused before it is
+/// copied (a bad chunk offset makes a huge sparse file).
+#[tokio::test]
+async fn oversized_snapshot_is_refused_before_copying() {
+    let (_leader_dir, snapshot) = leader_snapshot(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut sm) = open_sm(dir.path()).unwrap();
+    sm.apply(sets(1..=1)).await.unwrap();
+    let before = dump(&db);
+
+    let mut received = sm.begin_receiving_snapshot().await.unwrap();
+    let mut data = snapshot.snapshot;
+    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
+    received.shutdown().await.unwrap();
+    // A valid snapshot followed by a hole up to past the limit.
+    received.set_len(MAP_SIZE as u64 + 1).await.unwrap();
+    let err = sm
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    assert_eq!(dump(&db), before);
+
+    // Data announced as another snapshot is refused too.
+    let (_other_dir, other) = leader_snapshot(4).await;
+    let mut received = sm.begin_receiving_snapshot().await.unwrap();
+    let mut data = other.snapshot;
+    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
+    received.shutdown().await.unwrap();
+    assert!(sm.install_snapshot(&snapshot.meta, received).await.is_err());
+    assert_eq!(dump(&db), before);
 }

@@ -19,6 +19,10 @@ pub const MAX_KEY_LEN: usize = 500;
 /// Largest accepted value, in bytes.
 pub const MAX_VALUE_LEN: usize = 512 * 1024;
 
+/// Largest estimated AppendEntries payload: the log reader stops there, and larger
+/// requests are split by openraft.
+pub(crate) const MAX_APPEND_BYTES: usize = 8 << 20;
+
 /// A Raft server as recorded in the cluster membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerNode {

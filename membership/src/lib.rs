@@ -6,5 +6,64 @@
 //! no clock: the agent feeds it packets and timer events and carries out what it asks
 //! for, so that hundreds of simulated nodes can run deterministically in one test.
 //!
-//! The gossip runtime arrives with the membership work; this crate is the place for it.
+//! # Layout
+//!
+//! - [`identity`]: [`NodeIdentity`], what foca knows a node by (name, address,
+//!   generation), and its key: members are de-duplicated by name, and a later generation
+//!   replaces an earlier one.
+//! - [`config`]: [`Role`], [`Pool`], [`MembershipConfig`] and foca's presets.
+//! - [`member`]: [`Member`], [`MemberState`] and the [`MemberChange`]s reported.
+//! - `wire` (private): the kind byte in front of every packet, the broadcasts that carry
+//!   role, datacenter and tags, and the state requests and replies.
+//! - `table` (private): the member table, joining foca's liveness with those broadcasts.
+//! - [`membership`]: [`Membership`], the state machine the agent drives, with its
+//!   [`Effect`]s and [`MembershipTimer`]s.
+//! - [`sim`] (feature `sim`): a deterministic in-memory network with a virtual clock for
+//!   hundreds of nodes.
+//!
+//! # How it works
+//!
+//! The foca identity stays small (name, address, generation) because it travels in
+//! every packet. Role, datacenter and tags travel as foca custom broadcasts versioned by
+//! the node itself, `(generation, version)`; a newer one replaces an older one in every
+//! queue and stale ones are neither applied nor passed on. A member is listed once foca
+//! reported it up and its tags arrived. Tags reach a node three ways: the broadcasts;
+//! the full state (members with tags) that [`Membership::join`] asks the seed for, and
+//! that every node pulls from a random member periodically (anti-entropy, like
+//! memberlist's push/pull); and a request to the member itself when foca reported it but
+//! its tags are still missing two ticks later.
+//!
+//! A graceful leave spreads a leave intent first (others list the node as leaving),
+//! then declares the node down through foca (others list it as left, not failed).
+//! Failed and departed members are reaped after `reap_failed_after` and
+//! `reap_left_after`.
+//!
+//! Every packet names its sender; [`Membership::handle_data`] drops a packet whose
+//! sender differs from the node the connection is authenticated as.
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod member;
+pub mod membership;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod table;
+mod wire;
+
+pub use config::{
+    BUILD_TAG, DC_TAG, MAX_INFO_SIZE, MAX_PACKET_SIZE, MembershipConfig, Pool, ROLE_TAG, Role,
+};
+pub use error::MembershipError;
+pub use identity::{NodeIdentity, NodeKey};
+pub use member::{ChangeKind, Member, MemberChange, MemberState};
+pub use membership::{Effect, Membership, MembershipTimer};
+
+/// Locks the member table. A panic while it was held cannot leave it half-updated in a
+/// way that matters more than losing the node, so a poisoned lock is taken over.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

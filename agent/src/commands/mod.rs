@@ -3,6 +3,7 @@
 
 pub mod info;
 pub mod kv;
+pub mod members;
 pub mod tls;
 
 use thiserror::Error;

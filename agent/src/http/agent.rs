@@ -1,11 +1,18 @@
-//! `/v1/agent/self`.
+//! `/v1/agent/...`: this agent and its view of the cluster.
 
-use axum::extract::State;
-use axum::response::Response;
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use membership::Member;
+use serde::Serialize;
 use serde_json::json as object;
 
 use super::error::ApiError;
+use super::params::Params;
 use super::{ApiState, json};
+use crate::config::parse_gossip_addr;
 
 /// This agent's configuration, its member record and a few statistics.
 pub async fn self_(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -46,4 +53,109 @@ pub async fn self_(State(state): State<ApiState>) -> Result<Response, ApiError> 
         },
     });
     Ok(json(&body))
+}
+
+/// A member as Consul's `/v1/agent/members` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MemberJson<'a> {
+    name: &'a str,
+    addr: String,
+    port: u16,
+    tags: &'a BTreeMap<String, String>,
+    status: u8,
+    protocol_min: u8,
+    protocol_max: u8,
+    protocol_cur: u8,
+    delegate_min: u8,
+    delegate_max: u8,
+    delegate_cur: u8,
+}
+
+impl<'a> From<&'a Member> for MemberJson<'a> {
+    fn from(member: &'a Member) -> Self {
+        MemberJson {
+            name: &member.name,
+            addr: member.addr.ip().to_string(),
+            port: member.addr.port(),
+            tags: &member.tags,
+            status: member.state.consul_status(),
+            protocol_min: 1,
+            protocol_max: 1,
+            protocol_cur: 1,
+            delegate_min: 1,
+            delegate_max: 1,
+            delegate_cur: 1,
+        }
+    }
+}
+
+/// Refuses `?wan` while this agent runs no WAN pool.
+fn no_wan(params: &Params) -> Result<(), ApiError> {
+    if params.flag("wan") {
+        return Err(ApiError::bad_request("this agent runs no WAN pool"));
+    }
+    Ok(())
+}
+
+/// `GET /v1/agent/members`: every member this agent knows, itself included.
+pub async fn members(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    no_wan(&Params::parse(query.as_deref()))?;
+    let members = state.inner.gossip.members();
+    let body: Vec<MemberJson> = members.iter().map(MemberJson::from).collect();
+    Ok(json(&body))
+}
+
+/// `PUT /v1/agent/join/<addr>`: announces this agent to `addr` and waits for an answer.
+pub async fn join(
+    State(state): State<ApiState>,
+    Path(addr): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    no_wan(&Params::parse(query.as_deref()))?;
+    let target = parse_gossip_addr(&addr).ok_or_else(|| {
+        ApiError::bad_request(format!("Invalid address {addr:?}: want IP or IP:PORT"))
+    })?;
+    state
+        .inner
+        .gossip
+        .join(target)
+        .await
+        .map_err(|e| ApiError::internal(format!("failed to join {target}: {e}")))?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/leave`: leaves gracefully, then stops the agent.
+pub async fn leave(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    state
+        .inner
+        .gossip
+        .leave()
+        .await
+        .map_err(|e| ApiError::internal(format!("leave failed: {e}")))?;
+    tracing::info!("left the cluster; stopping");
+    state.inner.shutdown.cancel();
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/force-leave/<node>`: moves a failed member to left.
+pub async fn force_leave(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    let known = state
+        .inner
+        .gossip
+        .force_leave(&node)
+        .await
+        .map_err(|e| ApiError::internal(format!("force-leave failed: {e}")))?;
+    if !known {
+        return Err(ApiError::internal(format!(
+            "agent: No node found with name '{node}'"
+        )));
+    }
+    Ok(StatusCode::OK.into_response())
 }

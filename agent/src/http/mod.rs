@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use consensus::{ReadError, Request, Response as RaftResponse, WriteError};
 use futures::StreamExt;
 use serde::Serialize;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use params::{Consistency, Params, parse_go_duration};
 
+use crate::gossip::Gossip;
 use crate::raft::Raft;
 
 /// Facts about this agent that the API reports.
@@ -51,13 +52,26 @@ pub struct ApiState {
 struct ApiInner {
     info: SelfInfo,
     raft: Option<Raft>,
+    gossip: Gossip,
+    shutdown: CancellationToken,
 }
 
 impl ApiState {
-    /// The state of an agent; `raft` is `Some` on servers.
-    pub fn new(info: SelfInfo, raft: Option<Raft>) -> ApiState {
+    /// The state of an agent; `raft` is `Some` on servers. `shutdown` stops the agent
+    /// (after `/v1/agent/leave`).
+    pub fn new(
+        info: SelfInfo,
+        raft: Option<Raft>,
+        gossip: Gossip,
+        shutdown: CancellationToken,
+    ) -> ApiState {
         ApiState {
-            inner: Arc::new(ApiInner { info, raft }),
+            inner: Arc::new(ApiInner {
+                info,
+                raft,
+                gossip,
+                shutdown,
+            }),
         }
     }
 
@@ -82,6 +96,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/self", get(agent::self_))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/join/{*addr}", put(agent::join))
+        .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",

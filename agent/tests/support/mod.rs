@@ -126,6 +126,51 @@ impl AgentProcess {
         }
     }
 
+    /// Waits (at most 30 s) until the HTTP API answers.
+    pub async fn wait_http(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "agent exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(response) = client.get(self.url("/v1/agent/self")).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent HTTP API not up after 30 s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/v1/agent/members` as (name, status) pairs; empty if the agent does not answer.
+    pub async fn members(&self) -> Vec<(String, u8)> {
+        let client = reqwest::Client::new();
+        let Ok(response) = client.get(self.url("/v1/agent/members")).send().await else {
+            return Vec::new();
+        };
+        let Ok(members) = response.json::<Vec<serde_json::Value>>().await else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .map(|m| {
+                (
+                    m["Name"].as_str().unwrap_or_default().to_string(),
+                    m["Status"].as_u64().unwrap_or_default() as u8,
+                )
+            })
+            .collect()
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -168,6 +213,25 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Polls `check` every 100 ms until it holds, failing after `limit` with `what`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -231,6 +295,21 @@ impl Pki {
         node: &str,
     ) -> agent::tls::TlsMaterial {
         self.issue_trusting(role, dc, node, &self.ca_file())
+    }
+
+    /// Certificate files of datacenter `dc` from this CA: `--ca-file`, `--cert-file` and
+    /// `--key-file` arguments for `agent run`.
+    pub fn files(&self, role: agent::tls::Role, dc: &str, node: &str) -> Vec<String> {
+        let request = agent::tls::CertRequest::new(role, dc, node, format!("{node}.{dc}"));
+        let files = agent::tls::create_cert(self.dir.path(), &request).unwrap();
+        vec![
+            "--ca-file".into(),
+            self.ca_file().display().to_string(),
+            "--cert-file".into(),
+            files.cert.display().to_string(),
+            "--key-file".into(),
+            files.key.display().to_string(),
+        ]
     }
 
     /// A certificate from this CA, loaded with the roots in `ca_file`.

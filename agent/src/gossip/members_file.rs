@@ -1,0 +1,107 @@
+//! `<data-dir>/members`: what a restarted agent needs to rejoin without `--join`.
+//!
+//! The file holds the gossip generation of the last start (bumped at every start, so a
+//! restarted node supersedes its old self whatever the clock says) and the addresses of
+//! the members last known. It is written whole to a temporary file, fsynced and renamed,
+//! so a crash leaves either the old or the new file.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// File name inside the data dir.
+pub const FILE: &str = "members";
+
+/// At most this many addresses are kept: enough to find the cluster again.
+pub const MAX_PEERS: usize = 256;
+
+/// The saved state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersFile {
+    /// Gossip generation of the last start.
+    pub generation: u64,
+    /// Addresses of members last known alive.
+    pub peers: Vec<SocketAddr>,
+}
+
+impl MembersFile {
+    /// Path of the file in `data_dir`.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(FILE)
+    }
+
+    /// Reads the file; a missing file is an empty state. A corrupt file is reported, not
+    /// ignored: the operator must see that the generation is unknown.
+    pub fn load(data_dir: &Path) -> anyhow::Result<MembersFile> {
+        let path = Self::path(data_dir);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a valid members file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MembersFile::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the file atomically and durably.
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(data_dir);
+        let tmp = data_dir.join(format!("{FILE}.tmp"));
+        let mut peers = self.peers.clone();
+        peers.truncate(MAX_PEERS);
+        let body = serde_json::to_vec_pretty(&MembersFile {
+            generation: self.generation,
+            peers,
+        })?;
+        let mut file =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        if let Ok(dir) = fs::File::open(data_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            MembersFile::load(dir.path()).unwrap(),
+            MembersFile::default()
+        );
+        let saved = MembersFile {
+            generation: 7,
+            peers: vec!["127.0.0.2:8301".parse().unwrap()],
+        };
+        saved.save(dir.path()).unwrap();
+        assert_eq!(MembersFile::load(dir.path()).unwrap(), saved);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_peers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(MembersFile::path(dir.path()), "{").unwrap();
+        assert!(MembersFile::load(dir.path()).is_err());
+        let many = MembersFile {
+            generation: 1,
+            peers: (0..1000u16)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+        };
+        many.save(dir.path()).unwrap();
+        assert_eq!(
+            MembersFile::load(dir.path()).unwrap().peers.len(),
+            MAX_PEERS
+        );
+    }
+}

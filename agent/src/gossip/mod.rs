@@ -1,0 +1,391 @@
+//! The gossip driver: runs the sans-I/O [`membership::Membership`] on the LAN endpoint.
+//!
+//! One task owns the membership state and takes its inputs in turn: gossip packets from
+//! the transport (each tagged with the sender's certified identity), timers from a
+//! [`DelayQueue`] (every timer is delivered, in deadline order, never dropped), and
+//! commands from the rest of the agent ([`Gossip`] is the handle). After each input it
+//! carries out the effects: packets go out as QUIC datagrams (a uni stream when too
+//! large), timers are queued, changes are published on the event bus and in the member
+//! list that the HTTP API reads.
+//!
+//! Only a peer whose certificate names it a member of our datacenter is heard on the LAN
+//! pool, and the membership state checks that a packet's claimed sender is the node of
+//! that certificate.
+
+pub mod members_file;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{Bus, Event, MemberEvent, MemberEventKind};
+use futures::StreamExt;
+use membership::{ChangeKind, Effect, Member, Membership, MembershipConfig, NodeIdentity};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::time::DelayQueue;
+
+use crate::transport::{Datagram, DatagramReceiver, Transport};
+use members_file::MembersFile;
+
+/// How long a graceful leave keeps gossiping so the news spreads before the agent exits.
+pub const LEAVE_PROPAGATE: Duration = Duration::from_secs(2);
+
+/// How long `join` waits for an answer from the address it announced to.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest pause between two rounds of start-up joins.
+pub const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often the member list is saved for rejoin, when it changed.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Commands waiting in the driver's queue at most.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why a gossip command failed.
+#[derive(Debug, Error)]
+pub enum GossipError {
+    /// Nobody at the address answered in time.
+    #[error("no answer from {0} within {1:?}")]
+    NoAnswer(SocketAddr, Duration),
+    /// The membership state refused the command.
+    #[error("{0}")]
+    Membership(#[from] membership::MembershipError),
+    /// The gossip task has stopped (the agent is shutting down).
+    #[error("gossip is not running")]
+    Stopped,
+}
+
+/// Settings of the LAN gossip of one agent.
+pub struct GossipConfig {
+    /// This node's gossip identity.
+    pub me: NodeIdentity,
+    /// The membership settings (pool, datacenter, role, tags, timings).
+    pub membership: MembershipConfig,
+    /// Addresses to join at start, retried with backoff until one answers
+    /// (`--join` and the members saved before a restart).
+    pub join: Vec<SocketAddr>,
+    /// Where `members` is saved.
+    pub data_dir: PathBuf,
+    /// Seed of the membership's randomness.
+    pub seed: u64,
+}
+
+enum Command {
+    Join(SocketAddr, oneshot::Sender<Result<(), GossipError>>),
+    Leave(oneshot::Sender<Result<(), GossipError>>),
+    ForceLeave(String, oneshot::Sender<Result<bool, GossipError>>),
+}
+
+/// A handle on the gossip task. Cheap to clone.
+#[derive(Clone)]
+pub struct Gossip {
+    commands: mpsc::Sender<Command>,
+    members: watch::Receiver<Arc<Vec<Member>>>,
+}
+
+impl Gossip {
+    /// Starts gossip on `transport`, reading `datagrams`, until `shutdown` fires.
+    pub fn spawn(
+        config: GossipConfig,
+        transport: Transport,
+        datagrams: DatagramReceiver,
+        bus: Bus,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Gossip, GossipError> {
+        let dc = config.membership.dc.clone();
+        let membership = Membership::new(config.me.clone(), config.membership, config.seed)?;
+        let (members_tx, members) = watch::channel(Arc::new(membership.members()));
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let driver = Driver {
+            membership,
+            transport,
+            dc,
+            bus,
+            timers: DelayQueue::new(),
+            members: members_tx,
+            data_dir: config.data_dir,
+            generation: config.me.generation,
+            pending_joins: Vec::new(),
+            leaving: None,
+            dirty: true,
+        };
+        tracker.spawn(driver.run(datagrams, command_rx, shutdown.clone()));
+        let gossip = Gossip { commands, members };
+        if !config.join.is_empty() {
+            tracker.spawn(join_at_start(gossip.clone(), config.join, shutdown));
+        }
+        Ok(gossip)
+    }
+
+    /// Everyone known, this node included, sorted by name.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.borrow().clone()
+    }
+
+    /// A receiver that sees every new member list.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.members.clone()
+    }
+
+    /// Announces this node to `addr` and waits until a member at that address is alive
+    /// in our view (at most [`JOIN_TIMEOUT`]).
+    pub async fn join(&self, addr: SocketAddr) -> Result<(), GossipError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Join(addr, reply)).await?;
+        match tokio::time::timeout(JOIN_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(GossipError::Stopped),
+            Err(_) => Err(GossipError::NoAnswer(addr, JOIN_TIMEOUT)),
+        }
+    }
+
+    /// Leaves gracefully: announces the leave, keeps gossiping for
+    /// [`LEAVE_PROPAGATE`] so it spreads, then returns.
+    pub async fn leave(&self) -> Result<(), GossipError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Leave(reply)).await?;
+        answer.await.map_err(|_| GossipError::Stopped)?
+    }
+
+    /// Moves a failed member to left; `false` if no such member is known.
+    pub async fn force_leave(&self, name: &str) -> Result<bool, GossipError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ForceLeave(name.to_string(), reply))
+            .await?;
+        answer.await.map_err(|_| GossipError::Stopped)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), GossipError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| GossipError::Stopped)
+    }
+}
+
+/// Joins the start-up addresses, retrying with backoff until one of them answers.
+async fn join_at_start(gossip: Gossip, addrs: Vec<SocketAddr>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        for addr in &addrs {
+            match gossip.join(*addr).await {
+                Ok(()) => {
+                    tracing::info!(%addr, "joined the cluster");
+                    return;
+                }
+                Err(GossipError::Stopped) => return,
+                Err(e) => tracing::warn!(%addr, "join failed: {e}"),
+            }
+        }
+        tracing::info!("retrying join in {backoff:?}");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_JOIN_BACKOFF);
+    }
+}
+
+struct Driver {
+    membership: Membership,
+    transport: Transport,
+    dc: String,
+    bus: Bus,
+    timers: DelayQueue<membership::MembershipTimer>,
+    members: watch::Sender<Arc<Vec<Member>>>,
+    data_dir: PathBuf,
+    generation: u64,
+    pending_joins: Vec<(SocketAddr, oneshot::Sender<Result<(), GossipError>>)>,
+    leaving: Option<(Instant, oneshot::Sender<Result<(), GossipError>>)>,
+    dirty: bool,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut datagrams: DatagramReceiver,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.drain();
+        loop {
+            let leave_deadline = self.leaving.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.command(command),
+                Some(datagram) = datagrams.recv() => self.datagram(datagram),
+                Some(expired) = self.timers.next() => {
+                    if let Err(e) = self.membership.handle_timer(expired.into_inner()) {
+                        tracing::debug!("gossip timer: {e}");
+                    }
+                }
+                _ = sleep_until(leave_deadline) => {
+                    if let Some((_, reply)) = self.leaving.take() {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                _ = save.tick() => self.save(),
+            }
+            self.drain();
+        }
+        self.save();
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Join(addr, reply) => match self.membership.join(addr) {
+                Ok(()) => self.pending_joins.push((addr, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::Leave(reply) => match self.membership.leave() {
+                Ok(()) => self.leaving = Some((Instant::now() + LEAVE_PROPAGATE, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::ForceLeave(name, reply) => {
+                let _ = reply.send(self.membership.force_leave(&name).map_err(Into::into));
+            }
+        }
+    }
+
+    fn datagram(&mut self, datagram: Datagram) {
+        // The LAN pool is one datacenter: anyone else is not heard, whatever it claims.
+        if datagram.from.dc != self.dc {
+            tracing::debug!(from = %datagram.from, "gossip from another datacenter dropped");
+            return;
+        }
+        if let Err(e) = self
+            .membership
+            .handle_data(&datagram.payload, &datagram.from.node)
+        {
+            tracing::debug!(from = %datagram.from, "gossip packet refused: {e}");
+        }
+    }
+
+    /// Carries out every effect the membership state asked for.
+    fn drain(&mut self) {
+        let mut changed = false;
+        while let Some(effect) = self.membership.poll_effect() {
+            match effect {
+                Effect::Send { to, data } => self.transport.send_datagram_detached(to, data),
+                Effect::Schedule { timer, after } => {
+                    self.timers.insert(timer, after);
+                }
+                Effect::Changed(change) => {
+                    changed = true;
+                    tracing::info!(
+                        member = %change.member.name,
+                        addr = %change.member.addr,
+                        change = ?change.kind,
+                        "membership changed"
+                    );
+                    self.bus
+                        .publish(Event::Member(member_event(change.kind, &change.member)));
+                }
+            }
+        }
+        if changed {
+            self.dirty = true;
+            let members = self.membership.members();
+            self.answer_joins(&members);
+            self.members.send_replace(Arc::new(members));
+        }
+        // Callers that gave up no longer need an answer.
+        self.pending_joins.retain(|(_, reply)| !reply.is_closed());
+    }
+
+    fn answer_joins(&mut self, members: &[Member]) {
+        let me = self.membership.me().name.clone();
+        let alive_at = |addr: &SocketAddr| {
+            members
+                .iter()
+                .any(|m| m.name != me && m.addr == *addr && m.state.consul_status() == 1)
+        };
+        let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_joins)
+            .into_iter()
+            .partition(|(addr, _)| alive_at(addr));
+        for (_, reply) in answered {
+            let _ = reply.send(Ok(()));
+        }
+        self.pending_joins = waiting;
+    }
+
+    /// Saves the generation and the addresses of live members, if they changed.
+    fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let me = self.membership.me().name.clone();
+        let peers: Vec<SocketAddr> = self
+            .membership
+            .members()
+            .iter()
+            .filter(|m| m.name != me && m.state.consul_status() == 1)
+            .map(|m| m.addr)
+            .collect();
+        let file = MembersFile {
+            generation: self.generation,
+            peers,
+        };
+        match file.save(&self.data_dir) {
+            Ok(()) => self.dirty = false,
+            Err(e) => tracing::warn!("saving the member list: {e:#}"),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The bus's view of a membership change.
+pub fn member_event(kind: ChangeKind, member: &Member) -> MemberEvent {
+    let kind = match kind {
+        ChangeKind::Joined => MemberEventKind::Join,
+        ChangeKind::Updated => MemberEventKind::Update,
+        ChangeKind::Suspect => MemberEventKind::Suspect,
+        ChangeKind::Alive => MemberEventKind::Alive,
+        ChangeKind::Failed => MemberEventKind::Failed,
+        ChangeKind::Leaving => MemberEventKind::Leaving,
+        ChangeKind::Left => MemberEventKind::Leave,
+        ChangeKind::Reaped => MemberEventKind::Reap,
+    };
+    MemberEvent {
+        kind,
+        name: member.name.clone(),
+        addr: member.addr,
+        dc: member.dc.clone(),
+        role: member.role.to_string(),
+        tags: member.tags.clone(),
+        status: member.state.consul_status(),
+    }
+}
+
+/// The tags every agent carries: its role, datacenter and build, plus the user's.
+pub fn standard_tags(
+    role: &str,
+    dc: &str,
+    user: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut tags = user.clone();
+    tags.insert("role".into(), role.into());
+    tags.insert("dc".into(), dc.into());
+    tags.insert("build".into(), env!("CARGO_PKG_VERSION").into());
+    tags
+}

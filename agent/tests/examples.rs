@@ -1,0 +1,82 @@
+//! The scenarios in `examples/` run as their READMEs say, so they cannot rot.
+
+// Setup helpers outside #[test] functions panic on failure too.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn local_cluster_starts_five_agents_and_stops_them_on_ctrl_c() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/local-cluster/run.sh"
+    );
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("AGENT", support::agent_bin())
+        .env("BASE", "41")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // Read until the members table has been printed and the script waits for Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut output = Vec::new();
+    while !output.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => output.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the script did not get ready; output:\n{}",
+                    output.join("\n")
+                );
+            }
+        }
+    }
+    let alive: Vec<&String> = output
+        .iter()
+        .filter(|l| l.contains(" alive ") && l.contains("dc1"))
+        .collect();
+    assert_eq!(alive.len(), 5, "output:\n{}", output.join("\n"));
+    assert_eq!(alive.iter().filter(|l| l.contains("server")).count(), 3);
+    assert_eq!(alive.iter().filter(|l| l.contains("client")).count(), 2);
+
+    // Ctrl-C stops the script and every agent it started.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the script did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for last in 41..=45 {
+        let addr = format!("127.0.0.{last}:8500");
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "an agent still answers on {addr}"
+        );
+    }
+}

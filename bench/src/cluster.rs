@@ -159,6 +159,20 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops every agent and keeps the directory (logs, data) instead of removing it.
+    pub fn keep(&mut self) -> anyhow::Result<PathBuf> {
+        for agent in &mut self.agents {
+            agent.kill9();
+        }
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::Builder::new().prefix("bench-").tempdir()?,
+        );
+        Ok(dir.keep())
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for agent in &mut self.agents {

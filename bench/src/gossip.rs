@@ -22,6 +22,9 @@ pub struct GossipArgs {
     /// Bound on each phase, in seconds.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
+    /// Keep the agents' logs and data (the directory is printed at the end).
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -31,10 +34,14 @@ pub async fn run(args: GossipArgs) -> anyhow::Result<()> {
         bail!("--agents must be between 2 and 250");
     }
     let mut cluster = Cluster::new(agent_binary()?)?;
-    tokio::select! {
+    let result = tokio::select! {
         result = measure(&mut cluster, &args) => result,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted; agents stopped"),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; agents stopped")),
+    };
+    if args.keep_logs {
+        eprintln!("logs kept in {}", cluster.keep()?.display());
     }
+    result
 }
 
 async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()> {

@@ -1,11 +1,13 @@
-//! Who a node is to foca: a name, where to reach it, and which run of it this is.
+//! Who a node is: a name, where to reach it, and which run of it this is.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A node as foca knows it.
+/// A node as the pool knows it.
 ///
 /// It travels in every gossip packet, so it stays small: role, datacenter and tags travel
 /// separately (see the crate documentation). The name is unique within a pool: the node
@@ -31,19 +33,56 @@ impl NodeIdentity {
             generation,
         }
     }
+}
 
-    /// The stand-in for a seed whose name we do not know yet.
-    pub(crate) fn seed(addr: SocketAddr) -> Self {
+impl fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}#{}", self.name, self.addr, self.generation)
+    }
+}
+
+/// The identity foca runs with: a [`NodeIdentity`] (and encoded exactly like one) whose
+/// name is shared rather than copied and whose key is computed once. foca clones
+/// identities and computes and compares their keys for every member on every update it
+/// applies, so both must be cheap.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    name: Arc<str>,
+    addr: SocketAddr,
+    generation: u64,
+    key: PeerKey,
+}
+
+impl Peer {
+    pub(crate) fn new(name: &str, addr: SocketAddr, generation: u64) -> Self {
         Self {
-            name: String::new(),
+            key: PeerKey::new(name, addr),
+            name: Arc::from(name),
             addr,
-            generation: 0,
+            generation,
         }
     }
 
-    /// Whether this is the stand-in for a seed known only by address.
-    pub(crate) fn is_seed(&self) -> bool {
-        self.name.is_empty()
+    /// The stand-in for a seed whose name we do not know yet.
+    pub(crate) fn seed(addr: SocketAddr) -> Self {
+        Self::new("", addr, 0)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn socket_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether `id` is this very identity.
+    pub(crate) fn is(&self, id: &NodeIdentity) -> bool {
+        *self.name == *id.name && self.addr == id.addr && self.generation == id.generation
+    }
+
+    pub(crate) fn to_identity(&self) -> NodeIdentity {
+        NodeIdentity::new(&*self.name, self.addr, self.generation)
     }
 
     /// The order in which identities sharing a name replace each other: the larger
@@ -53,9 +92,51 @@ impl NodeIdentity {
     }
 }
 
-impl fmt::Display for NodeIdentity {
+impl PartialEq for Peer {
+    fn eq(&self, other: &Self) -> bool {
+        // The key derives from the other fields.
+        self.generation == other.generation && self.addr == other.addr && self.name == other.name
+    }
+}
+
+impl Eq for Peer {}
+
+impl From<&NodeIdentity> for Peer {
+    fn from(id: &NodeIdentity) -> Self {
+        Peer::new(&id.name, id.addr, id.generation)
+    }
+}
+
+impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}#{}", self.name, self.addr, self.generation)
+    }
+}
+
+/// The encoding of a [`Peer`], the same as a [`NodeIdentity`]'s.
+#[derive(Serialize, Deserialize)]
+struct PeerWire<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    addr: SocketAddr,
+    generation: u64,
+}
+
+impl Serialize for Peer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PeerWire {
+            name: Cow::Borrowed(&self.name),
+            addr: self.addr,
+            generation: self.generation,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Peer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = PeerWire::deserialize(deserializer)?;
+        Ok(Peer::new(&wire.name, wire.addr, wire.generation))
     }
 }
 
@@ -66,37 +147,66 @@ impl fmt::Display for NodeIdentity {
 /// listens on its socket address, which is how a seed known only by address accepts our
 /// `Announce`: foca accepts an announce when its destination's key equals its own.
 ///
-/// foca compares keys for every member on every update it applies, so the key holds a
-/// 64-bit hash of the name rather than a copy of it. Two names with the same hash would
-/// be taken for one member; by accident that is a 2^-64 event per pair, and crafting
-/// such names takes certificates from the cluster's CA, whose holders can already gossip
-/// any member down.
+/// A key holds 64-bit hashes of the name and of the socket address rather than the
+/// name, so that foca can copy and compare it for free. Two names whose hashes collide
+/// would be taken for one member: by accident a 2^-64 event per pair of names; on
+/// purpose it takes certificates from the cluster's CA, whose holders can gossip any
+/// member down anyway.
 #[derive(Clone, Copy, Debug)]
-pub struct NodeKey {
+pub(crate) struct PeerKey {
+    /// [`PeerKey::SEED`] for the seed stand-in.
     name: u64,
-    seed: bool,
-    addr: SocketAddr,
+    socket: u64,
 }
 
-impl PartialEq for NodeKey {
+impl PeerKey {
+    const SEED: u64 = 0;
+
+    fn new(name: &str, addr: SocketAddr) -> Self {
+        let name = if name.is_empty() {
+            Self::SEED
+        } else {
+            let hash = fnv1a(
+                fnv1a(FNV_OFFSET, &name.len().to_le_bytes()),
+                name.as_bytes(),
+            );
+            hash.max(1)
+        };
+        let socket = match addr {
+            SocketAddr::V4(v4) => fnv1a(
+                fnv1a(FNV_OFFSET, &v4.ip().octets()),
+                &v4.port().to_le_bytes(),
+            ),
+            SocketAddr::V6(v6) => fnv1a(
+                fnv1a(FNV_OFFSET, &v6.ip().octets()),
+                &v6.port().to_le_bytes(),
+            ),
+        };
+        Self { name, socket }
+    }
+}
+
+impl PartialEq for PeerKey {
     fn eq(&self, other: &Self) -> bool {
-        if self.seed || other.seed {
-            self.addr == other.addr
+        if self.name == Self::SEED || other.name == Self::SEED {
+            self.socket == other.socket
         } else {
             self.name == other.name
         }
     }
 }
 
-/// FNV-1a: fast on short names, and stable.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
-impl foca::Identity for NodeIdentity {
-    type Addr = NodeKey;
+impl foca::Identity for Peer {
+    type Addr = PeerKey;
 
     fn renew(&self) -> Option<Self> {
         let generation = self.generation.checked_add(1)?;
@@ -106,12 +216,8 @@ impl foca::Identity for NodeIdentity {
         })
     }
 
-    fn addr(&self) -> NodeKey {
-        NodeKey {
-            name: name_hash(&self.name),
-            seed: self.is_seed(),
-            addr: self.addr,
-        }
+    fn addr(&self) -> PeerKey {
+        self.key
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -131,35 +237,49 @@ mod tests {
 
     #[test]
     fn key_is_the_name() {
-        let a = NodeIdentity::new("a", addr(1), 1);
-        let a_moved = NodeIdentity::new("a", addr(2), 3);
-        let b_same_socket = NodeIdentity::new("b", addr(1), 1);
-        assert!(a.addr() == a_moved.addr());
-        assert!(a.addr() != b_same_socket.addr());
+        let a = Peer::new("a", addr(1), 1);
+        let a_moved = Peer::new("a", addr(2), 3);
+        let b_same_socket = Peer::new("b", addr(1), 1);
+        assert!(Identity::addr(&a) == Identity::addr(&a_moved));
+        assert!(Identity::addr(&a) != Identity::addr(&b_same_socket));
+        let key = |name: &str, port| Identity::addr(&Peer::new(name, addr(port), 1));
+        assert!(key("ab", 1) != key("ab\0", 1));
+        assert!(key("node-1", 1) != key("node-2", 1));
     }
 
     #[test]
     fn seed_matches_by_socket_address() {
-        let seed = NodeIdentity::seed(addr(1));
-        assert!(seed.addr() == NodeIdentity::new("a", addr(1), 7).addr());
-        assert!(seed.addr() != NodeIdentity::new("a", addr(2), 7).addr());
+        let seed = Peer::seed(addr(1));
+        assert!(Identity::addr(&seed) == Identity::addr(&Peer::new("a", addr(1), 7)));
+        assert!(Identity::addr(&seed) != Identity::addr(&Peer::new("a", addr(2), 7)));
     }
 
     #[test]
     fn renewed_identity_wins() {
-        let a = NodeIdentity::new("a", addr(1), 4);
+        let a = Peer::new("a", addr(1), 4);
         let renewed = a.renew().unwrap();
         assert_eq!(renewed.generation, 5);
         assert!(renewed.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&renewed));
-        assert!(NodeIdentity::new("a", addr(1), u64::MAX).renew().is_none());
+        assert!(Peer::new("a", addr(1), u64::MAX).renew().is_none());
     }
 
     #[test]
     fn ties_are_broken_the_same_way_everywhere() {
-        let x = NodeIdentity::new("a", addr(1), 4);
-        let y = NodeIdentity::new("a", addr(2), 4);
+        let x = Peer::new("a", addr(1), 4);
+        let y = Peer::new("a", addr(2), 4);
         assert!(y.win_addr_conflict(&x));
         assert!(!x.win_addr_conflict(&y));
+    }
+
+    #[test]
+    fn encoded_like_a_node_identity() {
+        let id = NodeIdentity::new("node-1", addr(9), 3);
+        let peer = Peer::from(&id);
+        let bytes = postcard::to_allocvec(&peer).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&id).unwrap());
+        assert_eq!(postcard::from_bytes::<Peer>(&bytes).unwrap(), peer);
+        assert!(peer.is(&id));
+        assert_eq!(peer.to_identity(), id);
     }
 }

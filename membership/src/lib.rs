@@ -8,9 +8,9 @@
 //!
 //! # Layout
 //!
-//! - [`identity`]: [`NodeIdentity`], what foca knows a node by (name, address,
-//!   generation), and its key: members are de-duplicated by name, and a later generation
-//!   replaces an earlier one.
+//! - [`identity`]: [`NodeIdentity`] (name, address, generation), what foca knows a node
+//!   by. foca itself runs on a private twin that shares the name and caches its key:
+//!   members are de-duplicated by name, and a later generation replaces an earlier one.
 //! - [`config`]: [`Role`], [`Pool`], [`MembershipConfig`] and foca's presets.
 //! - [`member`]: [`Member`], [`MemberState`] and the [`MemberChange`]s reported.
 //! - `wire` (private): the kind byte in front of every packet, the broadcasts that carry
@@ -25,18 +25,23 @@
 //!
 //! The foca identity stays small (name, address, generation) because it travels in
 //! every packet. Role, datacenter and tags travel as foca custom broadcasts versioned by
-//! the node itself, `(generation, version)`; a newer one replaces an older one in every
-//! queue and stale ones are neither applied nor passed on. A member is listed once foca
-//! reported it up and its tags arrived. Tags reach a node three ways: the broadcasts;
-//! the full state (members with tags) that [`Membership::join`] asks the seed for, and
-//! that every node pulls from a random member periodically (anti-entropy, like
-//! memberlist's push/pull); and a request to the member itself when foca reported it but
-//! its tags are still missing two ticks later.
+//! the node itself, `(generation, version)`: a newer one replaces an older one in every
+//! queue, and stale ones are neither applied nor passed on. A member is listed once foca
+//! reported it up and its tags arrived.
+//!
+//! Joining a seed known only by its address announces to a stand-in identity with no
+//! name, which the seed accepts because keys without a name compare by socket address.
+//! The joiner also pushes its tags to the seed, repeats both every tick until foca
+//! connects, then pulls the seed's full state (active members with their tags, like
+//! memberlist's push/pull at join). It pulls the full state of a random member again
+//! after 1, 2, 4... ticks and then every push/pull interval (anti-entropy), and asks a
+//! member directly for its tags when foca reported it but they are still missing two
+//! ticks later.
 //!
 //! A graceful leave spreads a leave intent first (others list the node as leaving),
-//! then declares the node down through foca (others list it as left, not failed).
-//! Failed and departed members are reaped after `reap_failed_after` and
-//! `reap_left_after`.
+//! then declares the node down through foca (others list it as left, not failed). An
+//! intent spread about a live node is refuted by moving to the next generation. Failed
+//! and departed members are reaped after `reap_failed_after` and `reap_left_after`.
 //!
 //! Every packet names its sender; [`Membership::handle_data`] drops a packet whose
 //! sender differs from the node the connection is authenticated as.
@@ -56,7 +61,7 @@ pub use config::{
     BUILD_TAG, DC_TAG, MAX_INFO_SIZE, MAX_PACKET_SIZE, MembershipConfig, Pool, ROLE_TAG, Role,
 };
 pub use error::MembershipError;
-pub use identity::{NodeIdentity, NodeKey};
+pub use identity::NodeIdentity;
 pub use member::{ChangeKind, Member, MemberChange, MemberState};
 pub use membership::{Effect, Membership, MembershipTimer};
 

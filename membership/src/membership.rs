@@ -13,16 +13,18 @@ use rand::{RngExt, SeedableRng};
 
 use crate::config::{MAX_INFO_SIZE, MAX_PACKET_SIZE, MembershipConfig};
 use crate::error::MembershipError;
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeIdentity, Peer};
 use crate::lock;
 use crate::member::{Member, MemberChange, MemberState};
 use crate::table::{InfoHandler, Origin, Table};
 use crate::wire::{self, Broadcast, MemberInfo, SyncEntry, SyncMessage};
 
-type Swim = Foca<NodeIdentity, PostcardCodec, Xoshiro256PlusPlus, InfoHandler>;
+type Swim = Foca<Peer, PostcardCodec, Xoshiro256PlusPlus, InfoHandler>;
 
 /// Most info requests sent per tick.
 const PULLS_PER_TICK: usize = 32;
+/// Most seed addresses remembered between a join and foca connecting.
+const MAX_SEEDS: usize = 16;
 
 /// What the driver must do. Drain them after every call that takes `&mut self`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +56,7 @@ pub struct MembershipTimer(TimerKind);
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum TimerKind {
     /// One of foca's.
-    Swim(foca::Timer<NodeIdentity>),
+    Swim(foca::Timer<Peer>),
     /// Once per probe period: suspicion, missing infos, anti-entropy, presets.
     Tick,
     /// Forget a failed or departed member.
@@ -78,25 +80,25 @@ struct Outbox {
 
 enum RuntimeEvent {
     Send(SocketAddr, Bytes),
-    Timer(foca::Timer<NodeIdentity>, Duration),
-    Notify(OwnedNotification<NodeIdentity>),
+    Timer(foca::Timer<Peer>, Duration),
+    Notify(OwnedNotification<Peer>),
 }
 
-impl foca::Runtime<NodeIdentity> for Outbox {
-    fn notify(&mut self, notification: foca::Notification<'_, NodeIdentity>) {
+impl foca::Runtime<Peer> for Outbox {
+    fn notify(&mut self, notification: foca::Notification<'_, Peer>) {
         self.events
             .push(RuntimeEvent::Notify(notification.to_owned()));
     }
 
-    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+    fn send_to(&mut self, to: Peer, data: &[u8]) {
         let mut packet = BytesMut::with_capacity(data.len() + 1);
         packet.put_u8(wire::KIND_GOSSIP);
         packet.put_slice(data);
         self.events
-            .push(RuntimeEvent::Send(to.addr, packet.freeze()));
+            .push(RuntimeEvent::Send(to.socket_addr(), packet.freeze()));
     }
 
-    fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
+    fn submit_after(&mut self, event: foca::Timer<Peer>, after: Duration) {
         self.events.push(RuntimeEvent::Timer(event, after));
     }
 }
@@ -109,6 +111,7 @@ impl foca::Runtime<NodeIdentity> for Outbox {
 /// effects out. Getters read the member table. Nothing here reads a clock or the OS's
 /// randomness: time passes only through timers, and randomness comes from the seed.
 pub struct Membership {
+    me: NodeIdentity,
     swim: Swim,
     outbox: Outbox,
     table: Arc<Mutex<Table>>,
@@ -120,6 +123,15 @@ pub struct Membership {
     info_version: u64,
     phase: Phase,
     ticks: u64,
+    /// Addresses joined through, asked for the full state once foca connects.
+    seeds: Vec<SocketAddr>,
+    /// foca connected since the last look: pull the full state.
+    connected: bool,
+    /// The tick of the next full-state pull, and the gap after it.
+    next_pull: u64,
+    pull_gap: u64,
+    /// The last full-state reply, valid while the table's revision is unchanged.
+    full_reply: Option<(u64, Vec<Bytes>)>,
 }
 
 impl Membership {
@@ -158,7 +170,7 @@ impl Membership {
             table: Arc::clone(&table),
         };
         let mut swim = Foca::with_custom_broadcast(
-            me,
+            Peer::from(&me),
             config.foca.clone(),
             Xoshiro256PlusPlus::seed_from_u64(seed),
             PostcardCodec,
@@ -166,16 +178,22 @@ impl Membership {
         );
         swim.add_broadcast(&info_bytes)?;
         let mut membership = Self {
+            me,
             swim,
             outbox: Outbox::default(),
             table,
             effects: VecDeque::new(),
             rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
-            applied_size: config.cluster_size_hint,
+            applied_size: 0,
             config,
             info_version: 1,
             phase: Phase::Running,
             ticks: 0,
+            seeds: Vec::new(),
+            connected: false,
+            next_pull: 0,
+            pull_gap: 1,
+            full_reply: None,
         };
         membership.schedule(TimerKind::Tick, membership.config.foca.probe_period);
         membership.rescale();
@@ -187,7 +205,7 @@ impl Membership {
     /// This node's identity (its generation grows when it rejoins after being declared
     /// down: persist it).
     pub fn me(&self) -> &NodeIdentity {
-        self.swim.identity()
+        &self.me
     }
 
     /// Every listed member, this node included, sorted by name. A member is listed once
@@ -215,15 +233,6 @@ impl Membership {
     /// The foca settings in force (they follow the cluster size).
     pub fn foca_config(&self) -> &foca::Config {
         &self.config.foca
-    }
-
-    #[doc(hidden)]
-    pub fn debug_counts(&self) -> (usize, usize, usize) {
-        (
-            self.swim.num_members(),
-            self.swim.updates_backlog(),
-            self.swim.custom_broadcast_backlog(),
-        )
     }
 
     // ----- outputs -----
@@ -257,10 +266,10 @@ impl Membership {
         }
         match kind {
             wire::KIND_GOSSIP => {
-                let header: foca::Header<NodeIdentity> = PostcardCodec
+                let header: foca::Header<Peer> = PostcardCodec
                     .decode_header(body)
                     .map_err(MembershipError::Malformed)?;
-                check_sender(&header.src.name, sender)?;
+                check_sender(header.src.name(), sender)?;
                 let result = self.swim.handle_data(body, &mut self.outbox);
                 self.after_swim();
                 Ok(result?)
@@ -297,22 +306,38 @@ impl Membership {
 
     // ----- commands -----
 
-    /// Joins the pool through a node known only by its address: announces to it and
-    /// asks it for the full state (members with their tags). Retrying is the driver's
-    /// business; joining again is harmless.
+    /// Joins the pool through a node known only by its address: announces to it (again
+    /// every tick until foca connects), and once it answers asks it for the full state
+    /// (members with their tags), pushing this node's tags along. Joining again, or
+    /// through several seeds, is harmless.
     pub fn join(&mut self, seed: SocketAddr) -> Result<(), MembershipError> {
         if self.phase != Phase::Running {
             return Err(MembershipError::Left);
         }
-        if seed == self.me().addr {
+        if seed == self.me.addr {
             return Err(MembershipError::JoinSelf);
         }
-        let result = self
-            .swim
-            .announce(NodeIdentity::seed(seed), &mut self.outbox);
+        if !self.seeds.contains(&seed) && self.seeds.len() < MAX_SEEDS {
+            self.seeds.push(seed);
+        }
+        self.announce_to(seed)
+    }
+
+    /// Announces to `seed` and pushes this node's info to it: the seed learns our tags
+    /// now, so that the full state it hands to the nodes joining with us includes them.
+    fn announce_to(&mut self, seed: SocketAddr) -> Result<(), MembershipError> {
+        let result = self.swim.announce(Peer::seed(seed), &mut self.outbox);
         self.after_swim();
         result?;
-        self.request(seed, &[])
+        self.request(seed, Request::Push)
+    }
+
+    /// Not connected yet: the announces may have been lost, try again.
+    fn announce_to_seeds(&mut self) -> Result<(), MembershipError> {
+        for seed in self.seeds.clone() {
+            self.announce_to(seed)?;
+        }
+        Ok(())
     }
 
     /// Leaves gracefully: spreads a leave intent (others list this node as leaving),
@@ -322,14 +347,14 @@ impl Membership {
         if self.phase != Phase::Running {
             return Ok(());
         }
-        self.phase = Phase::Leaving;
-        let me = self.me().clone();
+        let me = self.me.clone();
         let intent = wire::encode_broadcast(&Broadcast::Leave {
             name: me.name,
             generation: me.generation,
         })
         .map_err(MembershipError::Encode)?;
         self.swim.add_broadcast(&intent)?;
+        self.phase = Phase::Leaving;
         self.flush_table();
         if self.swim.num_members() == 0 {
             return self.finish_leave();
@@ -350,7 +375,7 @@ impl Membership {
         };
         match state {
             MemberState::Left => return Ok(true),
-            MemberState::Failed if name != self.me().name => {}
+            MemberState::Failed if name != self.me.name => {}
             state => {
                 return Err(MembershipError::NotFailed {
                     name: name.to_owned(),
@@ -421,6 +446,9 @@ impl Membership {
             let events = std::mem::take(&mut self.outbox.events);
             for event in events {
                 match event {
+                    // foca keeps this node's previous identity as a down member after
+                    // a renewal, and may announce to it: to ourselves.
+                    RuntimeEvent::Send(to, _) if to == self.me.addr => {}
                     RuntimeEvent::Send(to, data) => self.send(to, data),
                     RuntimeEvent::Timer(timer, after) => {
                         self.schedule(TimerKind::Swim(timer), after)
@@ -429,14 +457,18 @@ impl Membership {
                 }
             }
             self.flush_table();
+            self.rescale();
+            if std::mem::take(&mut self.connected) {
+                self.pull_after_connect();
+            }
             let refute = std::mem::take(&mut lock(&self.table).refute_leave);
             if !refute || self.phase != Phase::Running {
                 return;
             }
             // Someone spread a leave intent for this generation of ours: only a new
             // generation can outrank it.
-            tracing::info!(me = %self.me(), "refuting a leave intent with a new generation");
-            let Some(renewed) = foca::Identity::renew(self.me()) else {
+            tracing::info!(me = %self.me, "refuting a leave intent with a new generation");
+            let Some(renewed) = foca::Identity::renew(self.swim.identity()) else {
                 return;
             };
             if let Err(err) = self.swim.change_identity(renewed.clone(), &mut self.outbox) {
@@ -447,23 +479,32 @@ impl Membership {
         }
     }
 
-    fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
+    fn on_notification(&mut self, notification: OwnedNotification<Peer>) {
         match notification {
-            OwnedNotification::MemberUp(id) => lock(&self.table).member_up(&id),
-            OwnedNotification::MemberDown(id) => lock(&self.table).member_down(&id),
-            OwnedNotification::Rename(old, new) => lock(&self.table).renamed(&old, &new),
+            OwnedNotification::MemberUp(id) => lock(&self.table).member_up(&id.to_identity()),
+            OwnedNotification::MemberDown(id) => {
+                lock(&self.table).member_down(&id.to_identity());
+            }
+            OwnedNotification::Rename(old, new) => {
+                lock(&self.table).renamed(&old.to_identity(), &new.to_identity());
+            }
             OwnedNotification::Rejoin(id) => {
                 tracing::info!(me = %id, "declared down by the cluster: rejoined as a new generation");
                 self.renewed(id);
             }
-            OwnedNotification::Active => tracing::debug!(me = %self.me(), "connected"),
-            OwnedNotification::Idle => tracing::debug!(me = %self.me(), "no active member left"),
-            OwnedNotification::Defunct => tracing::debug!(me = %self.me(), "declared down"),
+            OwnedNotification::Active => {
+                tracing::debug!(me = %self.me, "connected");
+                self.connected = true;
+            }
+            OwnedNotification::Idle => tracing::debug!(me = %self.me, "no active member left"),
+            OwnedNotification::Defunct => tracing::debug!(me = %self.me, "declared down"),
         }
     }
 
     /// This node now runs as `id` (a later generation): spread its info again.
-    fn renewed(&mut self, id: NodeIdentity) {
+    fn renewed(&mut self, id: Peer) {
+        let id = id.to_identity();
+        self.me = id.clone();
         let info = {
             let mut table = lock(&self.table);
             table.set_me(id.clone());
@@ -516,20 +557,69 @@ impl Membership {
         };
         self.flush_table();
         for id in due {
-            self.request(id.addr, std::slice::from_ref(&id.name))?;
+            self.request(id.addr, Request::Names(std::slice::from_ref(&id.name)))?;
         }
-        if self.ticks.is_multiple_of(self.push_pull_ticks()) {
-            let active = self.swim.num_members();
-            if active > 0 {
-                let pick = self.rng.random_range(0..active);
-                let peer = self.swim.iter_members().nth(pick).map(|m| m.id().addr);
-                if let Some(peer) = peer {
-                    self.request(peer, &[])?;
-                }
+        if self.ticks >= self.next_pull {
+            self.pull_gap = (self.pull_gap * 2).min(self.push_pull_ticks());
+            self.next_pull = self.ticks + self.pull_gap;
+            if let Some(peer) = self.random_member() {
+                self.request(peer, Request::Full)?;
             }
         }
-        self.rescale();
+        if self.swim.num_members() == 0 {
+            if !self.seeds.is_empty() {
+                self.announce_to_seeds()?;
+            } else if self.ticks.is_multiple_of(self.push_pull_ticks()) {
+                self.reconnect()?;
+            }
+        }
         Ok(())
+    }
+
+    /// With no active member foca stops announcing to members it holds down, so the
+    /// node would stay alone after a partition if the other side did not reach out:
+    /// announce to one failed member (by address, as on a join) once per push/pull
+    /// interval.
+    fn reconnect(&mut self) -> Result<(), MembershipError> {
+        let failed = lock(&self.table).failed_addrs();
+        if failed.is_empty() || self.phase != Phase::Running {
+            return Ok(());
+        }
+        let addr = failed[self.rng.random_range(0..failed.len())];
+        let result = self.swim.announce(Peer::seed(addr), &mut self.outbox);
+        self.after_swim();
+        Ok(result?)
+    }
+
+    /// foca connected (joined, or back from having no active member): pull the full
+    /// state from the seed joined through (or any member), and again at growing
+    /// intervals (1, 2, 4... ticks up to the push/pull interval), so that a node that
+    /// joined while the cluster was still forming catches up quickly.
+    fn pull_after_connect(&mut self) {
+        let peer = match self.seeds.first() {
+            Some(&seed) => Some(seed),
+            None => self.random_member(),
+        };
+        self.seeds.clear();
+        self.pull_gap = 1;
+        self.next_pull = self.ticks + 1;
+        if let Some(peer) = peer
+            && let Err(err) = self.request(peer, Request::Full)
+        {
+            tracing::warn!(%err, "could not ask for the full state");
+        }
+    }
+
+    fn random_member(&mut self) -> Option<SocketAddr> {
+        let active = self.swim.num_members();
+        if active == 0 {
+            return None;
+        }
+        let pick = self.rng.random_range(0..active);
+        self.swim
+            .iter_members()
+            .nth(pick)
+            .map(|m| m.id().socket_addr())
     }
 
     /// Ticks between two full-state pulls: the interval, scaled up like memberlist's
@@ -550,10 +640,10 @@ impl Membership {
     fn rescale(&mut self) {
         let seen = u32::try_from(self.swim.num_members() + 1).unwrap_or(u32::MAX);
         let size = seen.max(self.config.cluster_size_hint);
-        if size <= self.applied_size && self.ticks > 0 {
+        if size <= self.applied_size {
             return;
         }
-        self.applied_size = size.max(self.applied_size);
+        self.applied_size = size;
         let preset = MembershipConfig::foca_preset(self.config.pool, self.applied_size);
         let mut next = self.config.foca.clone();
         next.max_transmissions = next.max_transmissions.max(preset.max_transmissions);
@@ -586,9 +676,17 @@ impl Membership {
         Ok(result?)
     }
 
-    /// Asks `to` for the state of `names` (everything when empty).
-    fn request(&mut self, to: SocketAddr, names: &[String]) -> Result<(), MembershipError> {
-        let packets = wire::encode_request(self.me(), names).map_err(MembershipError::Encode)?;
+    fn request(&mut self, to: SocketAddr, request: Request<'_>) -> Result<(), MembershipError> {
+        let (full, names) = match request {
+            Request::Push => (false, &[][..]),
+            Request::Full => (true, &[][..]),
+            Request::Names(names) => (false, names),
+        };
+        let info = names
+            .is_empty()
+            .then(|| lock(&self.table).my_info().clone());
+        let packets = wire::encode_request(&self.me, info.as_ref(), full, names)
+            .map_err(MembershipError::Encode)?;
         for packet in packets {
             self.send(to, packet);
         }
@@ -597,14 +695,24 @@ impl Membership {
 
     fn handle_sync(&mut self, message: SyncMessage) -> Result<(), MembershipError> {
         match message {
-            SyncMessage::Request { src, names } => {
-                let entries = if names.is_empty() {
-                    self.full_state()
+            SyncMessage::Request {
+                src,
+                info,
+                full,
+                names,
+            } => {
+                if let Some(info) = info.filter(|info| info.name == src.name) {
+                    lock(&self.table).apply_broadcast(Broadcast::Info(info), Origin::Sync);
+                    self.flush_table();
+                }
+                let packets = if full {
+                    self.full_reply()?
+                } else if names.is_empty() {
+                    Vec::new()
                 } else {
-                    self.named_state(&names)
+                    let entries = self.named_state(&names);
+                    wire::encode_reply(&self.me, &entries).map_err(MembershipError::Encode)?
                 };
-                let packets =
-                    wire::encode_reply(self.me(), &entries).map_err(MembershipError::Encode)?;
                 for packet in packets {
                     self.send(src.addr, packet);
                 }
@@ -625,7 +733,11 @@ impl Membership {
                             };
                             table.apply_broadcast(leave, Origin::Sync);
                         }
-                        members.extend(entry.member.filter(|m| m.id().name == entry.name));
+                        members.extend(
+                            entry
+                                .member
+                                .filter(|m| m.id().name() == entry.name && !table.knows(m)),
+                        );
                     }
                 }
                 let result = self
@@ -637,29 +749,40 @@ impl Membership {
         }
     }
 
-    /// Every active member foca knows, with what the table knows of it, and this node.
-    fn full_state(&self) -> Vec<SyncEntry> {
-        let table = lock(&self.table);
-        let me = self.me();
-        let mut entries = Vec::with_capacity(self.swim.num_members() + 1);
-        let (info, leave) = table.sync_view(&me.name).unwrap_or_default();
-        entries.push(SyncEntry {
-            name: me.name.clone(),
-            member: Some(foca::Member::alive(me.clone())),
-            info,
-            leave,
-        });
-        for member in self.swim.iter_members() {
-            let name = &member.id().name;
-            let (info, leave) = table.sync_view(name).unwrap_or_default();
+    /// Every active member foca knows, with what the table knows of it, and this node,
+    /// encoded. Reused while the table is unchanged: a seed answers many joiners at once.
+    fn full_reply(&mut self) -> Result<Vec<Bytes>, MembershipError> {
+        let revision = lock(&self.table).revision;
+        if let Some((cached, packets)) = &self.full_reply
+            && *cached == revision
+        {
+            return Ok(packets.clone());
+        }
+        let entries = {
+            let table = lock(&self.table);
+            let mut entries = Vec::with_capacity(self.swim.num_members() + 1);
+            let (info, leave) = table.sync_view(&self.me.name).unwrap_or_default();
             entries.push(SyncEntry {
-                name: name.clone(),
-                member: Some(member.clone()),
+                name: self.me.name.clone(),
+                member: Some(foca::Member::alive(self.swim.identity().clone())),
                 info,
                 leave,
             });
-        }
-        entries
+            for member in self.swim.iter_members() {
+                let name = member.id().name();
+                let (info, leave) = table.sync_view(name).unwrap_or_default();
+                entries.push(SyncEntry {
+                    name: name.to_owned(),
+                    member: Some(member.clone()),
+                    info,
+                    leave,
+                });
+            }
+            entries
+        };
+        let packets = wire::encode_reply(&self.me, &entries).map_err(MembershipError::Encode)?;
+        self.full_reply = Some((revision, packets.clone()));
+        Ok(packets)
     }
 
     /// The infos and leave intents of `names`.
@@ -679,6 +802,17 @@ impl Membership {
             })
             .collect()
     }
+}
+
+/// What a state request asks for.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    /// Nothing: it only pushes this node's info.
+    Push,
+    /// The full state (and pushes this node's info).
+    Full,
+    /// The infos of these members.
+    Names(&'a [String]),
 }
 
 fn check_sender(claimed: &str, sender: &str) -> Result<(), MembershipError> {
@@ -703,3 +837,6 @@ fn encode_info(info: &MemberInfo) -> Result<Vec<u8>, MembershipError> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests;

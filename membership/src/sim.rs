@@ -520,3 +520,60 @@ fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
     }
     hash
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_come_earliest_first_then_in_the_order_scheduled() {
+        let mut queue = BinaryHeap::new();
+        let at = |ms| Duration::from_millis(ms);
+        for (seq, ms) in [(1, 30), (2, 10), (3, 30), (4, 10), (5, 20)] {
+            queue.push(Scheduled {
+                at: at(ms),
+                seq,
+                event: Event::Packet {
+                    from: 0,
+                    run: 0,
+                    to: SocketAddr::from(([10, 0, 0, 1], 1)),
+                    data: Bytes::new(),
+                },
+            });
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| queue.pop().map(|s| s.seq)).collect();
+        assert_eq!(order, [2, 4, 5, 1, 3]);
+    }
+
+    #[test]
+    fn partitions_and_crashes_stop_packets() {
+        let config = || MembershipConfig::lan("dc1", crate::Role::Client);
+        let mut sim = Sim::new(1);
+        let a = sim.add_node("a", config());
+        let b = sim.add_node("b", config());
+        let c = sim.add_node("c", config());
+        sim.partition(&[&[a], &[b, c]]);
+        sim.join(b, a);
+        sim.join(c, b);
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.node(a).members().len(), 1);
+        assert_eq!(sim.node(b).members().len(), 2);
+        assert!(sim.stats().dropped > 0);
+
+        sim.heal();
+        sim.crash(c);
+        sim.join(a, b);
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(
+            sim.node(a).member("b").map(|m| m.state),
+            Some(MemberState::Alive)
+        );
+        assert!(!sim.is_up(c));
+        let dropped = sim.stats().dropped;
+        sim.run_for(Duration::from_secs(2));
+        assert!(
+            sim.stats().dropped > dropped,
+            "packets to the crashed node are dropped"
+        );
+    }
+}

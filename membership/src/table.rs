@@ -18,7 +18,7 @@ use foca::{BroadcastHandler, Invalidates};
 
 use crate::config::{DC_TAG, ROLE_TAG};
 use crate::error::MembershipError;
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeIdentity, Peer};
 use crate::member::{ChangeKind, Member, MemberChange, MemberState};
 use crate::wire::{self, Broadcast, InfoVersion, MemberInfo};
 
@@ -188,6 +188,8 @@ pub(crate) struct Table {
     pub refute_leave: bool,
     /// Logical time: the number of ticks so far.
     pub tick: u64,
+    /// Bumped by every change of what a state reply would carry.
+    pub revision: u64,
     /// Where the last round of info requests stopped.
     pull_cursor: Option<String>,
     reap_failed_after: Duration,
@@ -212,6 +214,7 @@ impl Table {
             reaps: Vec::new(),
             refute_leave: false,
             tick: 0,
+            revision: 0,
             pull_cursor: None,
             reap_failed_after,
             reap_left_after,
@@ -232,6 +235,7 @@ impl Table {
 
     /// This node's identity changed (it rejoined after being declared down).
     pub(crate) fn set_me(&mut self, me: NodeIdentity) {
+        self.revision += 1;
         self.me = me;
         let member = self.my_member();
         self.emit(ChangeKind::Updated, member);
@@ -239,6 +243,7 @@ impl Table {
 
     /// This node finished leaving.
     pub(crate) fn set_left(&mut self) {
+        self.revision += 1;
         self.my_state = MemberState::Left;
         let member = self.my_member();
         self.emit(ChangeKind::Left, member);
@@ -259,13 +264,16 @@ impl Table {
         if name == self.me.name {
             return self.apply_own(item, origin);
         }
-        if !self.entries.contains_key(&name) {
-            if matches!(item, Broadcast::Leave { .. }) || self.entries.len() >= MAX_ENTRIES {
-                return None;
-            }
-            self.entries.insert(name.clone(), Entry::new(self.tick));
-        }
-        let entry = self.entries.get_mut(&name)?;
+        let tick = self.tick;
+        let room = self.entries.len() < MAX_ENTRIES;
+        let entry = match self.entries.get_mut(&name) {
+            Some(entry) => entry,
+            None if room && matches!(item, Broadcast::Info(_)) => self
+                .entries
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(tick)),
+            None => return None,
+        };
         let updated = match item {
             Broadcast::Info(info) => {
                 if entry
@@ -298,6 +306,7 @@ impl Table {
 
     fn apply_own(&mut self, item: Broadcast, origin: Origin) -> Option<BroadcastKey> {
         let version = item.version();
+        self.revision += 1;
         match (item, origin) {
             (Broadcast::Info(info), Origin::Local) => {
                 let updated = !info.same_content(&self.my_info);
@@ -343,6 +352,7 @@ impl Table {
             _ => return,
         }
         self.suspects.remove(&id.name);
+        self.revision += 1;
         if entry.shown.is_none() && entry.info.is_none() {
             self.entries.remove(&id.name);
         } else {
@@ -358,6 +368,7 @@ impl Table {
         let Some(entry) = self.entries.get_mut(&new.name) else {
             return;
         };
+        self.revision += 1;
         if let Some((known, liveness)) = &mut entry.foca {
             *known = new.clone();
             // A change of liveness follows as its own notification; without one the
@@ -370,18 +381,15 @@ impl Table {
 
     /// Reads suspicion from foca's member list, which it does not notify: members that
     /// became suspect, and suspects that refuted (up and down are notified).
-    pub(crate) fn reconcile<'a>(
-        &mut self,
-        members: impl Iterator<Item = &'a foca::Member<NodeIdentity>>,
-    ) {
-        let suspects: Vec<&NodeIdentity> = members
+    pub(crate) fn reconcile<'a>(&mut self, members: impl Iterator<Item = &'a foca::Member<Peer>>) {
+        let suspects: Vec<&Peer> = members
             .filter(|member| member.state() == foca::State::Suspect)
             .map(foca::Member::id)
             .collect();
         let refuted: Vec<String> = self
             .suspects
             .iter()
-            .filter(|name| !suspects.iter().any(|id| &id.name == *name))
+            .filter(|name| !suspects.iter().any(|id| id.name() == name.as_str()))
             .cloned()
             .collect();
         for name in refuted {
@@ -395,36 +403,37 @@ impl Table {
             }
         }
         for id in suspects {
-            let Some(entry) = self.entries.get_mut(&id.name) else {
+            let Some(entry) = self.entries.get_mut(id.name()) else {
                 continue;
             };
             match &mut entry.foca {
-                Some((known, liveness)) if known == id && *liveness == Liveness::Alive => {
+                Some((known, liveness)) if id.is(known) && *liveness == Liveness::Alive => {
                     *liveness = Liveness::Suspect;
                 }
                 _ => continue,
             }
-            self.suspects.insert(id.name.clone());
-            self.refresh(&id.name, false);
+            self.suspects.insert(id.name().to_owned());
+            self.refresh(id.name(), false);
         }
     }
 
     fn set_liveness(&mut self, id: &NodeIdentity, liveness: Liveness, create: bool) {
-        if id.is_seed() || id.name == self.me.name {
+        if id.name.is_empty() || id.name == self.me.name {
             return;
         }
-        if !self.entries.contains_key(&id.name) {
-            if !create || self.entries.len() >= MAX_ENTRIES {
-                return;
-            }
-            self.entries.insert(id.name.clone(), Entry::new(self.tick));
-        }
-        let Some(entry) = self.entries.get_mut(&id.name) else {
-            return;
+        let tick = self.tick;
+        let room = self.entries.len() < MAX_ENTRIES;
+        let entry = match self.entries.get_mut(&id.name) {
+            Some(entry) => entry,
+            None if create && room => self
+                .entries
+                .entry(id.name.clone())
+                .or_insert_with(|| Entry::new(tick)),
+            None => return,
         };
         let updated = entry.foca.as_ref().is_some_and(|(known, _)| known != id);
         entry.foca = Some((id.clone(), liveness));
-        entry.seen = self.tick;
+        entry.seen = tick;
         if liveness != Liveness::Suspect {
             self.suspects.remove(&id.name);
         }
@@ -433,6 +442,7 @@ impl Table {
 
     /// Reports what changed about `name`; `updated` says its identity or info did.
     fn refresh(&mut self, name: &str, updated: bool) {
+        self.revision += 1;
         let Some(entry) = self.entries.get_mut(name) else {
             return;
         };
@@ -486,6 +496,7 @@ impl Table {
         }
         let member = entry.member(state);
         self.entries.remove(name);
+        self.revision += 1;
         self.counts[state_index(state)] -= 1;
         if let Some(member) = member {
             self.emit(ChangeKind::Reaped, member);
@@ -495,9 +506,13 @@ impl Table {
     /// Forgets infos whose member foca never reported.
     pub(crate) fn expire_unclaimed(&mut self) {
         let tick = self.tick;
+        let before = self.entries.len();
         self.entries.retain(|_, entry| {
             entry.foca.is_some() || tick.saturating_sub(entry.seen) < UNCLAIMED_INFO_TICKS
         });
+        if self.entries.len() != before {
+            self.revision += 1;
+        }
     }
 
     /// Up to `max` active members whose info is missing (or of an older generation) and
@@ -540,6 +555,19 @@ impl Table {
             self.pull_cursor = due.last().map(|id| id.name.clone());
         }
         due
+    }
+
+    /// Whether foca already reported `member` as it is (same identity, same liveness).
+    pub(crate) fn knows(&self, member: &foca::Member<Peer>) -> bool {
+        let id = member.id();
+        if id.name() == self.me.name {
+            return id.is(&self.me) && member.state() == foca::State::Alive;
+        }
+        self.entries.get(id.name()).is_some_and(|entry| {
+            entry.foca.as_ref().is_some_and(|(known, liveness)| {
+                id.is(known) && *liveness == Liveness::from(member.state())
+            })
+        })
     }
 
     /// The info and leave intent known for `name`, this node included.
@@ -588,6 +616,15 @@ impl Table {
         self.counts[state_index(state)] + usize::from(self.my_state == state)
     }
 
+    /// Addresses of the listed members that failed.
+    pub(crate) fn failed_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.entries
+            .values()
+            .filter(|entry| entry.shown == Some(MemberState::Failed))
+            .filter_map(|entry| entry.foca.as_ref().map(|(id, _)| id.addr))
+            .collect()
+    }
+
     /// Addresses of the listed members that are alive or suspect.
     pub(crate) fn live_addrs(&self) -> Vec<std::net::SocketAddr> {
         let mut addrs: Vec<_> = self
@@ -624,14 +661,14 @@ pub(crate) struct InfoHandler {
     pub table: std::sync::Arc<std::sync::Mutex<Table>>,
 }
 
-impl BroadcastHandler<NodeIdentity> for InfoHandler {
+impl BroadcastHandler<Peer> for InfoHandler {
     type Key = BroadcastKey;
     type Error = MembershipError;
 
     fn receive_item(
         &mut self,
         data: &[u8],
-        sender: Option<&NodeIdentity>,
+        sender: Option<&Peer>,
     ) -> Result<Option<BroadcastKey>, MembershipError> {
         let item = wire::decode_broadcast(data)?;
         let origin = if sender.is_some() {

@@ -2,8 +2,9 @@
 //!
 //! Every packet starts with a kind byte:
 //! - [`KIND_GOSSIP`]: a foca packet follows (postcard, foca's layout).
-//! - [`KIND_REQUEST`]: the sender's identity, then the names whose state it asks for; no
-//!   name asks for the full state (every active member with its info).
+//! - [`KIND_REQUEST`]: the sender's identity, its own info (when it pushes it), whether
+//!   it asks for the full state (every active member with its info), then the names
+//!   whose state it asks for.
 //! - [`KIND_REPLY`]: the sender's identity, then [`SyncEntry`] items.
 //!
 //! Requests and replies are split so that each packet stays within
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{MAX_PACKET_SIZE, Role};
 use crate::error::MembershipError;
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeIdentity, Peer};
 
 /// A foca packet follows.
 pub(crate) const KIND_GOSSIP: u8 = 0;
@@ -102,7 +103,7 @@ impl Broadcast {
 pub(crate) struct SyncEntry {
     pub name: String,
     /// Its foca state, when the reply carries membership too.
-    pub member: Option<foca::Member<NodeIdentity>>,
+    pub member: Option<foca::Member<Peer>>,
     pub info: Option<MemberInfo>,
     /// The generation a leave intent was seen for.
     pub leave: Option<u64>,
@@ -113,6 +114,8 @@ pub(crate) struct SyncEntry {
 pub(crate) enum SyncMessage {
     Request {
         src: NodeIdentity,
+        info: Option<MemberInfo>,
+        full: bool,
         names: Vec<String>,
     },
     Reply {
@@ -146,10 +149,16 @@ pub(crate) fn decode_broadcast(data: &[u8]) -> Result<Broadcast, MembershipError
 pub(crate) fn decode_sync(kind: u8, body: &[u8]) -> Result<SyncMessage, MembershipError> {
     let (src, rest) = postcard::take_from_bytes::<NodeIdentity>(body)?;
     match kind {
-        KIND_REQUEST => Ok(SyncMessage::Request {
-            src,
-            names: decode_items(rest)?,
-        }),
+        KIND_REQUEST => {
+            let ((info, full), rest) =
+                postcard::take_from_bytes::<(Option<MemberInfo>, bool)>(rest)?;
+            Ok(SyncMessage::Request {
+                src,
+                info,
+                full,
+                names: decode_items(rest)?,
+            })
+        }
         KIND_REPLY => Ok(SyncMessage::Reply {
             src,
             entries: decode_items(rest)?,
@@ -170,12 +179,17 @@ fn decode_items<T: DeserializeOwned>(mut rest: &[u8]) -> Result<Vec<T>, Membersh
     Ok(items)
 }
 
-/// Encodes a request for the state of `names` (the full state when empty).
+/// Encodes a request for the state of `names`, or the full state, pushing the sender's
+/// own `info` along.
 pub(crate) fn encode_request(
     src: &NodeIdentity,
+    info: Option<&MemberInfo>,
+    full: bool,
     names: &[String],
 ) -> Result<Vec<Bytes>, postcard::Error> {
-    encode_packets(KIND_REQUEST, src, names, true)
+    let header = postcard::to_extend(src, vec![KIND_REQUEST])?;
+    let header = postcard::to_extend(&(info, full), header)?;
+    encode_packets(header, names, true)
 }
 
 /// Encodes a reply carrying `entries`.
@@ -183,18 +197,16 @@ pub(crate) fn encode_reply(
     src: &NodeIdentity,
     entries: &[SyncEntry],
 ) -> Result<Vec<Bytes>, postcard::Error> {
-    encode_packets(KIND_REPLY, src, entries, false)
+    encode_packets(postcard::to_extend(src, vec![KIND_REPLY])?, entries, false)
 }
 
-/// Packs `items` after the kind byte and `src` into as few packets as fit. An item too
-/// large for a packet of its own is left out.
+/// Packs `items` after `header` into as few packets as fit. An item too large for a
+/// packet of its own is left out.
 fn encode_packets<T: Serialize>(
-    kind: u8,
-    src: &NodeIdentity,
+    header: Vec<u8>,
     items: &[T],
     at_least_one: bool,
 ) -> Result<Vec<Bytes>, postcard::Error> {
-    let header = postcard::to_extend(src, vec![kind])?;
     let mut packets = Vec::new();
     let mut buf = header.clone();
     for item in items {
@@ -268,7 +280,7 @@ mod tests {
             .map(|i| {
                 let name = format!("node-{i:04}");
                 SyncEntry {
-                    member: Some(foca::Member::alive(node(&name))),
+                    member: Some(foca::Member::alive(Peer::from(&node(&name)))),
                     info: Some(info(&name, 1)),
                     leave: None,
                     name,
@@ -294,10 +306,17 @@ mod tests {
 
     #[test]
     fn an_empty_request_still_makes_a_packet() {
-        let packets = encode_request(&node("me"), &[]).unwrap();
+        let mine = info("me", 2);
+        let packets = encode_request(&node("me"), Some(&mine), true, &[]).unwrap();
         assert_eq!(packets.len(), 1);
         match decode_sync(packets[0][0], &packets[0][1..]).unwrap() {
-            SyncMessage::Request { names, .. } => assert!(names.is_empty()),
+            SyncMessage::Request {
+                names, info, full, ..
+            } => {
+                assert!(names.is_empty());
+                assert!(full);
+                assert_eq!(info, Some(mine));
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

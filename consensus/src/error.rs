@@ -6,7 +6,8 @@
 //! - [`Error`]: opening and initializing a [`RaftServer`](crate::RaftServer).
 //! - [`InvalidRequest`]: a command rejected before it is proposed.
 //! - [`WriteError`]: a replicated write.
-//! - [`ReadError`]: a local read or a linearizability check.
+//! - [`ReadError`]: a local read, a blocking wait or a linearizability check.
+//! - [`MembershipError`]: a change of the cluster's voters and learners.
 //! - [`TransportError`]: what a [`RaftTransport`](crate::RaftTransport) reports.
 //! - [`CodecError`]: decoding bytes received from a peer.
 //! - [`StoreError`]: the on-disk stores (LMDB, snapshot files, encoding).
@@ -63,13 +64,40 @@ pub enum InvalidRequest {
     /// Batches are formed by the server from concurrent writes, not by callers.
     #[error("batches are formed by the server")]
     BatchNotAllowed,
+    /// A transaction has more than [`MAX_TXN_OPS`](crate::MAX_TXN_OPS) operations.
+    #[error("Transaction contains too many operations ({count} > {max})")]
+    TooManyTxnOps {
+        /// Operations in the transaction.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transaction's keys and values exceed [`MAX_TXN_BYTES`](crate::MAX_TXN_BYTES).
+    #[error("transaction is {len} bytes, the limit is {max}")]
+    TxnTooLarge {
+        /// Total size of keys and values in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A transaction given to a read-only path contains an operation that writes.
+    #[error("operation {op_index} of a read-only transaction writes")]
+    NotReadOnly {
+        /// Position of the first writing operation.
+        op_index: usize,
+    },
 }
 
 impl InvalidRequest {
     /// True when the request was rejected for its size (HTTP 413) rather than its form
     /// (HTTP 400).
     pub fn is_too_large(&self) -> bool {
-        matches!(self, InvalidRequest::ValueTooLarge { .. })
+        matches!(
+            self,
+            InvalidRequest::ValueTooLarge { .. }
+                | InvalidRequest::TooManyTxnOps { .. }
+                | InvalidRequest::TxnTooLarge { .. }
+        )
     }
 }
 
@@ -149,12 +177,55 @@ pub enum ReadError {
     /// The Raft node has stopped because of an unrecoverable error.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// The request is invalid (a read-only transaction that writes, or one over the
+    /// limits).
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InvalidRequest),
 }
 
 impl From<heed::Error> for ReadError {
     fn from(e: heed::Error) -> Self {
         ReadError::Store(StoreError::Lmdb(e))
     }
+}
+
+/// Failure of a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// This node is not the leader; the leader is given when known.
+    #[error("not the leader; leader is {leader_id:?}")]
+    ForwardToLeader {
+        /// Id of the current leader, if known.
+        leader_id: Option<NodeId>,
+        /// Address information of the current leader, if known.
+        leader_node: Option<ServerNode>,
+    },
+    /// Another membership change is not committed yet; retry later.
+    #[error("a membership change is in progress: {0}")]
+    InProgress(String),
+    /// A node to make a voter is not a learner (add it with
+    /// [`add_learner`](crate::RaftServer::add_learner) first).
+    #[error("node {0} is not a learner; add it as a learner first")]
+    LearnerNotFound(NodeId),
+    /// The change would leave no voter.
+    #[error("the change would leave no voter")]
+    EmptyMembership,
+    /// The node to remove is not a member.
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    /// The learner was added but had not caught up with the leader within the configured
+    /// time ([`ServerConfig::learner_catch_up_timeout`](crate::ServerConfig)); it stays a
+    /// learner and keeps catching up.
+    #[error("learner {id} did not catch up within {timeout:?}")]
+    CatchUpTimeout {
+        /// The learner.
+        id: NodeId,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// The Raft node has stopped, or stopped being able to serve the change.
+    #[error("fatal: {0}")]
+    Fatal(String),
 }
 
 /// What a [`RaftTransport`](crate::RaftTransport) reports when a call fails.

@@ -15,13 +15,22 @@
 //!   succeeds; on a present key it needs a matching ModifyIndex.
 //! - Every delete leaves a tombstone (key → index of the delete; a tree delete leaves one
 //!   for its prefix) so the index reported for a prefix rises after a delete. Tombstones
-//!   are kept until a later reaper removes them.
+//!   are kept until a replicated reap ([`Request::KvReapTombstones`]) removes those at or
+//!   below an index. Reaping changes no entry and no table index; it raises the table's
+//!   *reaped floor* to the largest index it removed, and the index reported for a prefix
+//!   is never below that floor, so it never goes backwards when a tombstone that raised it
+//!   is reaped. (Consul lets it go backwards and tells clients to reset; here the only
+//!   effect of a reap is that prefixes whose index was below the floor report the floor.)
 //! - The table index is the largest log index that changed any key.
+//! - Every change is recorded in a [`Changes`] set, which wakes the blocking queries
+//!   watching it once the change commits.
 
 use std::ops::ControlFlow;
 
 use crate::error::StoreError;
+use crate::txn;
 use crate::types::{KvEntry, Request, Response};
+use crate::watch::Changes;
 
 /// Read access to the KV tables.
 pub(crate) trait KvView {
@@ -45,7 +54,12 @@ pub(crate) trait KvView {
     fn max_tombstone(&self, prefix: &str) -> Result<u64, StoreError>;
     /// The largest log index that changed any key (0 if none).
     fn table_index(&self) -> Result<u64, StoreError>;
+    /// The largest index of a reaped tombstone (0 if none was reaped).
+    fn reaped_floor(&self) -> Result<u64, StoreError>;
 }
+
+/// A function run by [`KvTables::atomically`]; it returns whether to keep its changes.
+pub(crate) type AtomicRun<'r> = dyn FnMut(&mut dyn KvTables) -> Result<bool, StoreError> + 'r;
 
 /// Write access to the KV tables.
 pub(crate) trait KvTables: KvView {
@@ -59,9 +73,18 @@ pub(crate) trait KvTables: KvView {
     fn put_tombstone(&mut self, key: &str, index: u64) -> Result<(), StoreError>;
     /// Sets the table index.
     fn set_table_index(&mut self, index: u64) -> Result<(), StoreError>;
+    /// Removes the tombstones with an index at or below `up_to`; returns how many were
+    /// removed and the largest index among them (0 if none).
+    fn reap_tombstones(&mut self, up_to: u64) -> Result<(u64, u64), StoreError>;
+    /// Sets the reaped floor.
+    fn set_reaped_floor(&mut self, floor: u64) -> Result<(), StoreError>;
+    /// Runs `run` on these tables so that its changes are kept only if it returns true
+    /// (a nested transaction); returns what `run` returned.
+    fn atomically(&mut self, run: &mut AtomicRun<'_>) -> Result<bool, StoreError>;
 }
 
-/// Applies `request`, made by the log entry at `index`.
+/// Applies `request`, made by the log entry at `index`, and adds what it changed to
+/// `changes`.
 ///
 /// A command that is invalid (it cannot be, unless the log was written by a faulty peer)
 /// is answered with [`Response::Rejected`] and changes nothing. Errors are storage
@@ -70,6 +93,7 @@ pub(crate) fn apply(
     tables: &mut dyn KvTables,
     index: u64,
     request: &Request,
+    changes: &mut Changes,
 ) -> Result<Response, StoreError> {
     match request {
         Request::Batch(requests) => {
@@ -77,13 +101,13 @@ pub(crate) fn apply(
             for r in requests {
                 let response = match r {
                     Request::Batch(_) => Response::Rejected("nested batch".into()),
-                    single => apply_one(tables, index, single)?,
+                    single => apply_one(tables, index, single, changes)?,
                 };
                 responses.push(response);
             }
             Ok(Response::Batch(responses))
         }
-        single => apply_one(tables, index, single),
+        single => apply_one(tables, index, single, changes),
     }
 }
 
@@ -91,13 +115,14 @@ fn apply_one(
     tables: &mut dyn KvTables,
     index: u64,
     request: &Request,
+    changes: &mut Changes,
 ) -> Result<Response, StoreError> {
     if let Err(e) = request.validate() {
         return Ok(Response::Rejected(e.to_string()));
     }
     let ok = match request {
         Request::KvSet { key, value, flags } => {
-            set(tables, index, key, value, *flags)?;
+            set(tables, index, key, value, *flags, changes)?;
             true
         }
         Request::KvCas {
@@ -105,54 +130,39 @@ fn apply_one(
             value,
             flags,
             index: expected,
-        } => {
-            let existing = tables.entry(key)?;
-            let matches = match (&existing, *expected) {
-                (None, 0) => true,
-                (Some(_), 0) | (None, _) => false,
-                (Some(e), expected) => e.modify_index == expected,
-            };
-            if matches {
-                set(tables, index, key, value, *flags)?;
-            }
-            matches
-        }
+        } => cas(tables, index, key, value, *flags, *expected, changes)?,
         Request::KvDelete { key } => {
-            delete(tables, index, key)?;
+            delete(tables, index, key, changes)?;
             true
         }
         Request::KvDeleteCas {
             key,
             index: expected,
-        } => match tables.entry(key)? {
-            None => true,
-            Some(e) if e.modify_index != *expected => false,
-            Some(_) => {
-                delete(tables, index, key)?;
-                true
-            }
-        },
+        } => delete_cas(tables, index, key, *expected, changes)?,
         Request::KvDeleteTree { prefix } => {
-            if tables.remove_prefix(prefix)? > 0 {
-                // Deleting everything needs no tombstone: the table index covers it.
-                if !prefix.is_empty() {
-                    tables.put_tombstone(prefix, index)?;
-                }
-                bump_table_index(tables, index)?;
-            }
+            delete_tree(tables, index, prefix, changes)?;
             true
+        }
+        Request::Txn(ops) => {
+            return Ok(Response::Txn(txn::apply(tables, index, ops, changes)?));
+        }
+        Request::KvReapTombstones { up_to_index } => {
+            return Ok(Response::Reaped(reap(tables, *up_to_index, changes)?));
         }
         Request::Batch(_) => return Ok(Response::Rejected("nested batch".into())),
     };
     Ok(Response::Bool(ok))
 }
 
-fn set(
+/// Creates or replaces `key`; a write that changes neither value nor flags changes
+/// nothing.
+pub(crate) fn set(
     tables: &mut dyn KvTables,
     index: u64,
     key: &str,
     value: &[u8],
     flags: u64,
+    changes: &mut Changes,
 ) -> Result<(), StoreError> {
     let entry = match tables.entry(key)? {
         Some(e) if e.value == value && e.flags == flags => return Ok(()),
@@ -173,15 +183,92 @@ fn set(
         },
     };
     tables.put(&entry)?;
+    changes.key(key);
     bump_table_index(tables, index)
 }
 
-fn delete(tables: &mut dyn KvTables, index: u64, key: &str) -> Result<(), StoreError> {
+/// Check-and-set; true if the check passed and the set was made.
+pub(crate) fn cas(
+    tables: &mut dyn KvTables,
+    index: u64,
+    key: &str,
+    value: &[u8],
+    flags: u64,
+    expected: u64,
+    changes: &mut Changes,
+) -> Result<bool, StoreError> {
+    let existing = tables.entry(key)?;
+    let matches = match (&existing, expected) {
+        (None, 0) => true,
+        (Some(_), 0) | (None, _) => false,
+        (Some(e), expected) => e.modify_index == expected,
+    };
+    if matches {
+        set(tables, index, key, value, flags, changes)?;
+    }
+    Ok(matches)
+}
+
+/// Deletes `key`, leaving a tombstone; a missing key changes nothing.
+pub(crate) fn delete(
+    tables: &mut dyn KvTables,
+    index: u64,
+    key: &str,
+    changes: &mut Changes,
+) -> Result<(), StoreError> {
     if tables.remove(key)? {
         tables.put_tombstone(key, index)?;
+        changes.key(key);
         bump_table_index(tables, index)?;
     }
     Ok(())
+}
+
+/// Deletes `key` if its ModifyIndex is `expected`; true if deleted or missing.
+pub(crate) fn delete_cas(
+    tables: &mut dyn KvTables,
+    index: u64,
+    key: &str,
+    expected: u64,
+    changes: &mut Changes,
+) -> Result<bool, StoreError> {
+    Ok(match tables.entry(key)? {
+        None => true,
+        Some(e) if e.modify_index != expected => false,
+        Some(_) => {
+            delete(tables, index, key, changes)?;
+            true
+        }
+    })
+}
+
+/// Deletes every key under `prefix`, leaving one tombstone for the prefix.
+pub(crate) fn delete_tree(
+    tables: &mut dyn KvTables,
+    index: u64,
+    prefix: &str,
+    changes: &mut Changes,
+) -> Result<(), StoreError> {
+    if tables.remove_prefix(prefix)? > 0 {
+        // Deleting everything needs no tombstone: the table index covers it.
+        if !prefix.is_empty() {
+            tables.put_tombstone(prefix, index)?;
+        }
+        changes.tree(prefix);
+        bump_table_index(tables, index)?;
+    }
+    Ok(())
+}
+
+/// Removes the tombstones at or below `up_to` and raises the reaped floor to the largest
+/// index removed; returns how many were removed.
+fn reap(tables: &mut dyn KvTables, up_to: u64, changes: &mut Changes) -> Result<u64, StoreError> {
+    let (removed, max_index) = tables.reap_tombstones(up_to)?;
+    if max_index > tables.reaped_floor()? {
+        tables.set_reaped_floor(max_index)?;
+        changes.all_prefixes = true;
+    }
+    Ok(removed)
 }
 
 fn bump_table_index(tables: &mut dyn KvTables, index: u64) -> Result<(), StoreError> {
@@ -238,7 +325,7 @@ pub(crate) fn index_for_key(view: &dyn KvView, key: &str) -> Result<u64, StoreEr
 
 /// The index Consul reports for a prefix read (`?recurse`, `?keys`): the largest
 /// ModifyIndex or tombstone under the prefix, or the table index when there is none or
-/// the prefix is empty. Never 0.
+/// the prefix is empty; never below the reaped floor, and never 0.
 pub(crate) fn index_for_prefix(view: &dyn KvView, prefix: &str) -> Result<u64, StoreError> {
     let mut index = 0;
     if !prefix.is_empty() {
@@ -248,7 +335,7 @@ pub(crate) fn index_for_prefix(view: &dyn KvView, prefix: &str) -> Result<u64, S
     if index == 0 {
         index = view.table_index()?;
     }
-    Ok(index.max(1))
+    Ok(index.max(view.reaped_floor()?).max(1))
 }
 
 #[cfg(test)]
@@ -258,7 +345,7 @@ pub(crate) mod mem {
     use std::collections::BTreeMap;
     use std::ops::ControlFlow;
 
-    use super::{KvTables, KvView};
+    use super::{AtomicRun, KvTables, KvView};
     use crate::error::StoreError;
     use crate::types::KvEntry;
 
@@ -268,6 +355,7 @@ pub(crate) mod mem {
         pub(crate) entries: BTreeMap<String, KvEntry>,
         pub(crate) tombstones: BTreeMap<String, u64>,
         pub(crate) table_index: u64,
+        pub(crate) reaped_floor: u64,
     }
 
     impl KvView for MemTables {
@@ -320,6 +408,10 @@ pub(crate) mod mem {
         fn table_index(&self) -> Result<u64, StoreError> {
             Ok(self.table_index)
         }
+
+        fn reaped_floor(&self) -> Result<u64, StoreError> {
+            Ok(self.reaped_floor)
+        }
     }
 
     impl KvTables for MemTables {
@@ -347,6 +439,34 @@ pub(crate) mod mem {
             self.table_index = index;
             Ok(())
         }
+
+        fn reap_tombstones(&mut self, up_to: u64) -> Result<(u64, u64), StoreError> {
+            let (mut removed, mut max) = (0, 0);
+            self.tombstones.retain(|_, index| {
+                if *index <= up_to {
+                    removed += 1;
+                    max = max.max(*index);
+                    false
+                } else {
+                    true
+                }
+            });
+            Ok((removed, max))
+        }
+
+        fn set_reaped_floor(&mut self, floor: u64) -> Result<(), StoreError> {
+            self.reaped_floor = floor;
+            Ok(())
+        }
+
+        fn atomically(&mut self, run: &mut AtomicRun<'_>) -> Result<bool, StoreError> {
+            let saved = self.clone();
+            let keep = run(self)?;
+            if !keep {
+                *self = saved;
+            }
+            Ok(keep)
+        }
     }
 }
 
@@ -373,7 +493,7 @@ mod tests {
     }
 
     fn run(t: &mut MemTables, index: u64, r: Request) -> Response {
-        apply(t, index, &r).unwrap()
+        apply(t, index, &r, &mut Changes::default()).unwrap()
     }
 
     fn get(t: &MemTables, key: &str) -> KvEntry {
@@ -555,6 +675,85 @@ mod tests {
         let empty = MemTables::default();
         assert_eq!(index_for_prefix(&empty, "x").unwrap(), 1);
         assert_eq!(index_for_key(&empty, "x").unwrap(), 1);
+    }
+
+    #[test]
+    fn reaping_keeps_prefix_indexes_from_going_backwards() {
+        let mut t = MemTables::default();
+        run(&mut t, 3, set("p/a", "v", 0));
+        run(&mut t, 4, set("p/b", "v", 0));
+        run(&mut t, 5, set("q/a", "v", 0));
+        run(&mut t, 8, Request::KvDelete { key: "p/b".into() });
+        run(&mut t, 9, set("r", "v", 0));
+        run(&mut t, 10, Request::KvDelete { key: "r".into() });
+        assert_eq!(index_for_prefix(&t, "p/").unwrap(), 8);
+        let reap = |up_to_index| Request::KvReapTombstones { up_to_index };
+
+        let mut changes = Changes::default();
+        let r = apply(&mut t, 11, &reap(8), &mut changes).unwrap();
+        assert_eq!(r, Response::Reaped(1));
+        assert_eq!(t.tombstones.keys().collect::<Vec<_>>(), vec!["r"]);
+        assert_eq!(t.reaped_floor, 8);
+        assert_eq!(t.table_index, 10, "a reap changes no table index");
+        assert!(changes.all_prefixes && changes.keys.is_empty());
+        // Without the floor p/ would report 3 now: it must stay at 8.
+        assert_eq!(index_for_prefix(&t, "p/").unwrap(), 8);
+        // Prefixes below the floor report it; higher ones are unaffected.
+        assert_eq!(index_for_prefix(&t, "q/").unwrap(), 8);
+        assert_eq!(index_for_prefix(&t, "r").unwrap(), 10);
+        assert_eq!(index_for_prefix(&t, "").unwrap(), 10);
+        assert_eq!(index_for_key(&t, "p/a").unwrap(), 3, "keys are unaffected");
+
+        // Nothing left at or below 9: no change, no wake-up, the floor stays.
+        let mut changes = Changes::default();
+        assert_eq!(
+            apply(&mut t, 12, &reap(9), &mut changes).unwrap(),
+            Response::Reaped(0)
+        );
+        assert!(changes.is_empty());
+        assert_eq!(t.reaped_floor, 8);
+        run(&mut t, 13, reap(100));
+        assert_eq!((t.reaped_floor, t.tombstones.len()), (10, 0));
+        assert_eq!(index_for_prefix(&t, "r").unwrap(), 10);
+    }
+
+    #[test]
+    fn changes_name_what_changed() {
+        let mut t = MemTables::default();
+        let record = |t: &mut MemTables, index, r: Request| {
+            let mut c = Changes::default();
+            apply(t, index, &r, &mut c).unwrap();
+            c
+        };
+        let c = record(&mut t, 1, set("a/1", "v", 0));
+        assert_eq!(c.keys.iter().collect::<Vec<_>>(), vec!["a/1"]);
+        assert!(
+            record(&mut t, 2, set("a/1", "v", 0)).is_empty(),
+            "identical write"
+        );
+        assert!(
+            record(&mut t, 3, cas("a/1", "w", 9)).is_empty(),
+            "failed CAS"
+        );
+        assert!(
+            record(&mut t, 4, Request::KvDelete { key: "zz".into() }).is_empty(),
+            "missing key"
+        );
+        let c = record(
+            &mut t,
+            5,
+            Request::KvDeleteTree {
+                prefix: "a/".into(),
+            },
+        );
+        assert_eq!(c.trees.iter().collect::<Vec<_>>(), vec!["a/"]);
+        assert!(c.keys.is_empty());
+        let c = record(
+            &mut t,
+            6,
+            Request::Batch(vec![set("x", "1", 0), set("y", "1", 0)]),
+        );
+        assert_eq!(c.keys.len(), 2);
     }
 
     #[test]

@@ -8,12 +8,18 @@
 //!   its snapshots as files;
 //! - a transport-agnostic network adapter: the application implements [`RaftTransport`]
 //!   and feeds received RPCs to [`RaftServer::handle_rpc`]; this crate opens no sockets;
-//! - the [`RaftServer`] facade: open, initialize, write, read, leadership, shutdown.
+//! - Consul's KV transactions ([`TxnOp`], [`TxnOutcome`]), applied atomically;
+//! - blocking-query support ([`KvReader::wait`]) that wakes only the watchers of what
+//!   changed;
+//! - the [`RaftServer`] facade: open, initialize, write, read, leadership, membership
+//!   changes, shutdown.
 //!
 //! # Layout
 //! - `types`: node ids, [`ServerNode`], [`TypeConfig`], [`Request`], [`Response`],
 //!   [`KvEntry`], size limits.
 //! - `kv`: Consul's KV rules (apply and index queries), independent of storage.
+//! - `txn`: Consul's KV transactions.
+//! - `watch`: the registry of blocking-query watchers.
 //! - `lmdb`: opening LMDB environments, durable directory creation, storage usage.
 //! - `log_store`: the Raft log and vote on LMDB, with the group-commit writer thread.
 //! - `sm_db`: the state machine's LMDB tables.
@@ -22,7 +28,9 @@
 //! - `reader`: [`KvReader`], concurrent local reads.
 //! - `network`: [`RaftTransport`], the RPC messages and their codec, openraft's network.
 //! - `proposer`: coalescing concurrent writes into few log entries.
+//! - `read_index`: merging concurrent linearizable reads into few leadership rounds.
 //! - `server`: [`RaftServer`] and [`ServerConfig`].
+//! - `membership`: learners, voters and removals ([`ClusterMembership`]).
 //! - `error`: typed errors.
 //! - `testing` (feature `testing`): an in-memory transport and cluster helpers.
 //!
@@ -40,14 +48,18 @@ mod error;
 mod kv;
 mod lmdb;
 mod log_store;
+mod membership;
 mod network;
 mod proposer;
+mod read_index;
 mod reader;
 mod server;
 mod sm_db;
 mod snapshot;
 mod state_machine;
+mod txn;
 mod types;
+mod watch;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -56,13 +68,17 @@ pub mod testing;
 mod store_tests;
 
 pub use error::{
-    CodecError, Error, InvalidRequest, ReadError, StoreError, TransportError, WriteError,
+    CodecError, Error, InvalidRequest, MembershipError, ReadError, StoreError, TransportError,
+    WriteError,
 };
 pub use log_store::LogStoreMetrics;
+pub use membership::ClusterMembership;
 pub use network::{Network, NetworkClient, RaftRpcRequest, RaftRpcResponse, RaftTransport};
 pub use proposer::WriteOutcome;
 pub use reader::KvReader;
 pub use server::{InitOutcome, RaftServer, ServerConfig};
+pub use txn::{MAX_TXN_BYTES, MAX_TXN_OPS, TxnError, TxnOp, TxnOutcome, TxnResult};
 pub use types::{
     KvEntry, MAX_KEY_LEN, MAX_VALUE_LEN, NodeId, Request, Response, ServerNode, TypeConfig,
 };
+pub use watch::{WatchScope, WatchStats};

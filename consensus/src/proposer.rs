@@ -155,18 +155,6 @@ async fn run(
     }
 }
 
-/// True for commands that may grow the stores; deletes are let through when full, so
-/// space can be freed.
-fn adds_data(request: &Request) -> bool {
-    match request {
-        Request::KvSet { .. } | Request::KvCas { .. } => true,
-        Request::KvDelete { .. } | Request::KvDeleteCas { .. } | Request::KvDeleteTree { .. } => {
-            false
-        }
-        Request::Batch(requests) => requests.iter().any(adds_data),
-    }
-}
-
 /// On the leader, answers the writes that add data with [`WriteError::StorageFull`] when a
 /// store is nearly full, and returns the others.
 fn refuse_if_full(
@@ -174,7 +162,7 @@ fn refuse_if_full(
     storage: &StorageMonitor,
     batch: Vec<Pending>,
 ) -> Vec<Pending> {
-    if !batch.iter().any(|p| adds_data(&p.request)) {
+    if !batch.iter().any(|p| p.request.adds_data()) {
         return batch;
     }
     // A follower leaves the answer to openraft (it forwards to the leader).
@@ -185,7 +173,7 @@ fn refuse_if_full(
         return batch;
     };
     tracing::warn!(%reason, "refusing writes: storage nearly full");
-    let (refused, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| adds_data(&p.request));
+    let (refused, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.request.adds_data());
     for p in refused {
         let _ = p.reply.send(Err(WriteError::StorageFull(reason.clone())));
     }

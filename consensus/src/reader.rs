@@ -1,11 +1,14 @@
 //! Local reads of the KV state: [`KvReader`].
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use crate::error::ReadError;
+use crate::error::{InvalidRequest, ReadError};
 use crate::kv;
 use crate::sm_db::SmDb;
+use crate::txn::{self, TxnOp, TxnOutcome};
 use crate::types::KvEntry;
+use crate::watch::{WatchRegistry, WatchScope, WatchStats};
 
 /// Reads the KV state of the local state machine. Cheap to clone.
 ///
@@ -17,20 +20,23 @@ use crate::types::KvEntry;
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<RwLock<Option<SmDb>>>,
+    watches: Arc<WatchRegistry>,
 }
 
 impl KvReader {
-    pub(crate) fn new(db: SmDb) -> Self {
+    pub(crate) fn new(db: SmDb, watches: Arc<WatchRegistry>) -> Self {
         KvReader {
             db: Arc::new(RwLock::new(Some(db))),
+            watches,
         }
     }
 
-    /// Drops this reader's handle on the environment; later reads return
-    /// [`ReadError::Closed`].
+    /// Drops this reader's handle on the environment and releases every waiting blocking
+    /// query; later reads return [`ReadError::Closed`].
     pub(crate) fn close(&self) {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         *slot = None;
+        self.watches.close();
     }
 
     fn with_view<T>(
@@ -103,6 +109,70 @@ impl KvReader {
     /// under `prefix`, else the table index. Never 0.
     pub fn index_for_prefix(&self, prefix: &str) -> Result<u64, ReadError> {
         self.with_view(|v| kv::index_for_prefix(v, prefix))
+    }
+
+    /// Runs a read-only transaction (only `Get`, `GetTree`, `CheckIndex` and
+    /// `CheckNotExists`) on the local state, in one read transaction and without Raft, as
+    /// Consul serves read-only `/v1/txn` requests. As fresh as the local state: call
+    /// [`RaftServer::ensure_linearizable`](crate::RaftServer::ensure_linearizable) first
+    /// for a consistent read. An operation that writes, or a transaction over the limits,
+    /// is refused with [`ReadError::Invalid`].
+    pub fn read_txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ReadError> {
+        txn::validate(ops)?;
+        if let Some(op_index) = ops.iter().position(TxnOp::is_write) {
+            return Err(InvalidRequest::NotReadOnly { op_index }.into());
+        }
+        self.with_view(|v| txn::read(v, ops))
+    }
+
+    /// The index Consul reports for `scope`: [`index_for_key`](Self::index_for_key) or
+    /// [`index_for_prefix`](Self::index_for_prefix).
+    pub fn index_for(&self, scope: &WatchScope) -> Result<u64, ReadError> {
+        match scope {
+            WatchScope::Key(key) => self.index_for_key(key),
+            WatchScope::Prefix(prefix) => self.index_for_prefix(prefix),
+        }
+    }
+
+    /// Blocking-query wait: returns the index for `scope` (see [`index_for`](Self::index_for))
+    /// as soon as it is greater than `after_index`, or after `timeout` whatever it is then.
+    ///
+    /// Only changes to the watched key (or to keys under the watched prefix, or a tree
+    /// delete covering them) wake the wait, so an idle wait costs nothing. The index of a
+    /// missing key or of an empty prefix is the table index, which rises with writes
+    /// elsewhere: such a wait returns early only if that had happened before it was
+    /// called, and otherwise at the timeout with the then current index, as a Consul
+    /// blocking query does when nothing it watches changed. Returns
+    /// [`ReadError::Closed`] when the server shuts down.
+    pub async fn wait(
+        &self,
+        scope: WatchScope,
+        after_index: u64,
+        timeout: Duration,
+    ) -> Result<u64, ReadError> {
+        let now = tokio::time::Instant::now();
+        // A timeout too large to represent waits "forever" (a year).
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        // Register before reading, so a change committed after the read wakes us.
+        let mut watcher = self.watches.register(&scope);
+        loop {
+            let index = self.index_for(&scope)?;
+            if index > after_index {
+                return Ok(index);
+            }
+            match tokio::time::timeout_at(deadline, watcher.changed()).await {
+                Ok(true) => continue,
+                Ok(false) => return Err(ReadError::Closed),
+                Err(_) => return self.index_for(&scope),
+            }
+        }
+    }
+
+    /// Counters of the blocking-query watchers of this server.
+    pub fn watch_stats(&self) -> WatchStats {
+        self.watches.stats()
     }
 
     /// Log index of the last entry applied to the local state machine (0 if none).

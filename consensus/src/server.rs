@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use openraft::error::{
-    CheckIsLeaderError, InitializeError, InstallSnapshotError, RaftError, SnapshotMismatch,
-};
+use openraft::error::{InitializeError, InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy, SnapshotSegmentId};
 use tokio::sync::watch;
@@ -17,10 +15,11 @@ use crate::lmdb::{DEFAULT_MAP_SIZE, StorageMonitor};
 use crate::log_store::{LogMetricsHandle, LogStore, LogStoreMetrics};
 use crate::network::{Network, RaftRpcRequest, RaftRpcResponse, RaftTransport};
 use crate::proposer::{Limits, Proposer, WriteOutcome};
+use crate::read_index::ReadIndexBatcher;
 use crate::reader::KvReader;
 use crate::sm_db::SmDb;
 use crate::state_machine::StateMachine;
-use crate::types::{NodeId, Request, ServerNode, TypeConfig};
+use crate::types::{NodeId, Request, Response, ServerNode, TypeConfig};
 
 /// How long `shutdown` waits for the stores to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +64,8 @@ pub struct ServerConfig {
     /// were appended since the last one, in addition to openraft's entry-count policy
     /// (`raft.snapshot_policy`), which cannot count bytes.
     pub snapshot_log_bytes: u64,
+    /// How long [`RaftServer::add_learner`] waits for the new learner to catch up.
+    pub learner_catch_up_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +84,7 @@ impl ServerConfig {
             log_map_size: DEFAULT_MAP_SIZE,
             sm_map_size: DEFAULT_MAP_SIZE,
             snapshot_log_bytes: 512 << 20,
+            learner_catch_up_timeout: Duration::from_secs(60),
         }
     }
 
@@ -121,10 +123,12 @@ pub enum InitOutcome {
     AlreadyInitialized,
 }
 
-struct Inner {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) learner_catch_up_timeout: Duration,
     kv: KvReader,
+    reads: Arc<ReadIndexBatcher>,
     proposer: Proposer,
     storage: Arc<StorageMonitor>,
     log_metrics: LogMetricsHandle,
@@ -148,7 +152,7 @@ struct Received {
 /// on any server. RPCs from peers are handed to [`handle_rpc`](Self::handle_rpc).
 #[derive(Clone)]
 pub struct RaftServer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl RaftServer {
@@ -161,6 +165,7 @@ impl RaftServer {
         let max_snapshot_bytes = config.sm_map_size as u64;
         let sm_db = SmDb::open(&dir.join("sm"), config.sm_map_size)?;
         let sm = StateMachine::open(sm_db.clone(), &dir.join("snapshots"), max_snapshot_bytes)?;
+        let watches = sm.watches();
         let log = LogStore::open(&dir.join("log"), config.log_map_size, sm.durability())?;
         let closing = vec![log.closing_event(), sm_db.env.clone().prepare_for_closing()];
         let log_metrics = log.metrics_handle();
@@ -184,8 +189,10 @@ impl RaftServer {
         );
         let inner = Arc::new(Inner {
             id: config.id,
+            reads: ReadIndexBatcher::new(raft.clone()),
             raft,
-            kv: KvReader::new(sm_db),
+            learner_catch_up_timeout: config.learner_catch_up_timeout,
+            kv: KvReader::new(sm_db, watches),
             proposer,
             storage,
             log_metrics,
@@ -251,20 +258,32 @@ impl RaftServer {
 
     /// Confirms with a quorum that this node is the leader and waits until everything
     /// committed before the call is applied locally; a read of [`kv`](Self::kv) after it
-    /// is linearizable. Costs one heartbeat round trip.
+    /// is linearizable. Costs one heartbeat round trip, shared by concurrent callers: calls
+    /// made while a round is in flight join the next round (which starts after them).
     pub async fn ensure_linearizable(&self) -> Result<(), ReadError> {
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ReadError::ForwardToLeader {
-                    leader_id: f.leader_id,
-                    leader_node: f.leader_node,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ReadError::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(ReadError::Fatal(f.to_string())),
+        self.inner.reads.ensure_linearizable().await
+    }
+
+    /// Leadership confirmation rounds run for [`ensure_linearizable`](Self::ensure_linearizable)
+    /// since the server started.
+    pub fn linearizable_rounds(&self) -> u64 {
+        self.inner.reads.rounds()
+    }
+
+    /// Replicates the removal of KV tombstones at or below log index `up_to_index` and
+    /// returns how many were removed. Meant for the leader to call periodically with an
+    /// index old enough that no client still blocks on it (Consul reaps tombstones older
+    /// than 15 minutes: remember [`KvReader::kv_index`] over time and pass the value
+    /// observed that long ago). Reported indexes never go backwards because of it.
+    pub async fn reap_tombstones(&self, up_to_index: u64) -> Result<u64, WriteError> {
+        let outcome = self
+            .write(Request::KvReapTombstones { up_to_index })
+            .await?;
+        match outcome.response {
+            Response::Reaped(n) => Ok(n),
+            other => Err(WriteError::Indeterminate(format!(
+                "unexpected answer to a tombstone reap: {other:?}"
+            ))),
         }
     }
 

@@ -4,8 +4,9 @@
 //! - `kv`: key → [`StoredEntry`] (postcard),
 //! - `tombstones`: key → log index of its delete (big-endian u64),
 //! - `meta`: `applied` (last applied log id), `membership` (last applied membership),
-//!   `kv_index` (the KV table index), `installed_snapshot` (last log id of the last
-//!   snapshot installed from a leader, written in the install's transaction).
+//!   `kv_index` (the KV table index), `kv_reaped` (the largest index of a reaped
+//!   tombstone), `installed_snapshot` (last log id of the last snapshot installed from a
+//!   leader, written in the install's transaction).
 //!
 //! The environment is opened without thread-local read transactions, so short read
 //! transactions can be taken from any tokio task.
@@ -20,7 +21,7 @@ use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::kv::{KvTables, KvView};
+use crate::kv::{AtomicRun, KvTables, KvView};
 use crate::lmdb::open_env;
 use crate::types::{KvEntry, NodeId, ServerNode};
 
@@ -28,6 +29,7 @@ const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
 const META_KV_INDEX: &str = "kv_index";
 const META_INSTALLED: &str = "installed_snapshot";
+const META_REAPED: &str = "kv_reaped";
 
 /// Visitor of raw `(key, stored bytes)` pairs.
 type RawVisit<'a> = dyn FnMut(&str, &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
@@ -218,6 +220,36 @@ impl SmDb {
         Ok(())
     }
 
+    /// The largest index of a reaped tombstone (0 if none).
+    pub(crate) fn reaped_floor(&self, txn: &RoTxn) -> Result<u64, StoreError> {
+        match self.meta.get(txn, META_REAPED)? {
+            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
+            None => Ok(0),
+        }
+    }
+
+    pub(crate) fn set_reaped_floor(&self, txn: &mut RwTxn, floor: u64) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(&floor)?;
+        self.meta.put(txn, META_REAPED, &bytes)?;
+        Ok(())
+    }
+
+    fn reap_tombstones(&self, txn: &mut RwTxn, up_to: u64) -> Result<(u64, u64), StoreError> {
+        let mut doomed = Vec::new();
+        for item in self.tombstones.iter(txn)? {
+            let (key, index) = item?;
+            if index <= up_to {
+                doomed.push((key.to_owned(), index));
+            }
+        }
+        let mut max = 0;
+        for (key, index) in &doomed {
+            self.tombstones.delete(txn, key)?;
+            max = max.max(*index);
+        }
+        Ok((doomed.len() as u64, max))
+    }
+
     pub(crate) fn put_entry(&self, txn: &mut RwTxn, entry: &KvEntry) -> Result<(), StoreError> {
         if entry.key.is_empty() || entry.key.len() > crate::MAX_KEY_LEN {
             return Err(StoreError::Corrupt(format!(
@@ -348,6 +380,10 @@ impl KvView for View<'_, '_> {
     fn table_index(&self) -> Result<u64, StoreError> {
         self.db.kv_index(self.txn)
     }
+
+    fn reaped_floor(&self) -> Result<u64, StoreError> {
+        self.db.reaped_floor(self.txn)
+    }
 }
 
 impl KvView for Tables<'_, '_> {
@@ -377,6 +413,10 @@ impl KvView for Tables<'_, '_> {
 
     fn table_index(&self) -> Result<u64, StoreError> {
         self.db.kv_index(self.txn)
+    }
+
+    fn reaped_floor(&self) -> Result<u64, StoreError> {
+        self.db.reaped_floor(self.txn)
     }
 }
 
@@ -410,13 +450,37 @@ impl KvTables for Tables<'_, '_> {
     fn set_table_index(&mut self, index: u64) -> Result<(), StoreError> {
         self.db.set_kv_index(self.txn, index)
     }
+
+    fn reap_tombstones(&mut self, up_to: u64) -> Result<(u64, u64), StoreError> {
+        self.db.reap_tombstones(self.txn, up_to)
+    }
+
+    fn set_reaped_floor(&mut self, floor: u64) -> Result<(), StoreError> {
+        self.db.set_reaped_floor(self.txn, floor)
+    }
+
+    fn atomically(&mut self, run: &mut AtomicRun<'_>) -> Result<bool, StoreError> {
+        let mut child = self.db.env.nested_write_txn(self.txn)?;
+        let keep = run(&mut Tables {
+            db: self.db,
+            txn: &mut child,
+        })?;
+        if keep {
+            child.commit()?;
+        } else {
+            child.abort();
+        }
+        Ok(keep)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kv;
-    use crate::types::Request;
+    use crate::txn::{TxnOp, TxnOutcome};
+    use crate::types::{Request, Response};
+    use crate::watch::Changes;
 
     #[test]
     fn lmdb_tables_follow_the_same_rules_as_memory() {
@@ -447,26 +511,69 @@ mod tests {
                 flags: 0,
             },
             Request::KvDeleteTree { prefix: "b".into() },
+            // Committed, then rolled back after changing everything it could.
+            Request::Txn(vec![
+                TxnOp::Set {
+                    key: "t/1".into(),
+                    value: b"1".to_vec(),
+                    flags: 0,
+                },
+                TxnOp::Delete { key: "a/1".into() },
+                TxnOp::Get { key: "t/1".into() },
+            ]),
+            Request::Txn(vec![
+                TxnOp::DeleteTree { prefix: "".into() },
+                TxnOp::Set {
+                    key: "t/2".into(),
+                    value: b"2".to_vec(),
+                    flags: 0,
+                },
+                TxnOp::CheckNotExists { key: "x".into() },
+                TxnOp::Get { key: "t/1".into() },
+            ]),
+            Request::KvSet {
+                key: "c/1".into(),
+                value: b"c".to_vec(),
+                flags: 0,
+            },
+            Request::KvReapTombstones { up_to_index: 4 },
         ];
+        let mut responses = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             let index = i as u64 + 1;
             let mut txn = db.env.write_txn().unwrap();
-            let got = kv::apply(&mut db.tables(&mut txn), index, r).unwrap();
+            let mut got_changes = Changes::default();
+            let got = kv::apply(&mut db.tables(&mut txn), index, r, &mut got_changes).unwrap();
             txn.commit().unwrap();
-            let want = kv::apply(&mut mem, index, r).unwrap();
+            let mut want_changes = Changes::default();
+            let want = kv::apply(&mut mem, index, r, &mut want_changes).unwrap();
             assert_eq!(got, want, "request {i}");
+            assert_eq!(got_changes, want_changes, "request {i}");
+            responses.push(got);
         }
+        assert!(matches!(
+            &responses[6],
+            Response::Txn(TxnOutcome::Committed(r)) if r.len() == 2
+        ));
+        assert!(matches!(
+            &responses[7],
+            Response::Txn(TxnOutcome::RolledBack(e)) if e.len() == 1 && e[0].op_index == 3
+        ));
+        assert_eq!(responses[9], Response::Reaped(1));
         let txn = db.read_txn().unwrap();
         let view = db.view(&txn);
         assert_eq!(kv::list(&view, "").unwrap(), kv::list(&mem, "").unwrap());
-        for prefix in ["", "a", "a/", "b", "zz"] {
+        for prefix in ["", "a", "a/", "b", "c", "t/", "zz"] {
             assert_eq!(
                 kv::index_for_prefix(&view, prefix).unwrap(),
                 kv::index_for_prefix(&mem, prefix).unwrap(),
                 "prefix {prefix:?}"
             );
         }
-        assert_eq!(view.table_index().unwrap(), 6);
-        assert_eq!(view.max_tombstone("a").unwrap(), 4);
+        assert_eq!(view.table_index().unwrap(), 9);
+        // The tombstone of a/2 (index 4) was reaped; a/1's (index 7) stays.
+        assert_eq!(view.max_tombstone("a").unwrap(), 7);
+        assert_eq!(view.reaped_floor().unwrap(), 4);
+        assert_eq!(mem.reaped_floor, 4);
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! # Format
 //! An 8-byte magic, then frames of `u32` little-endian length + postcard [`Record`]: one
-//! `Header` (snapshot meta and the KV table index), the KV entries, the tombstones, and an
-//! `End` record with the counts, so a truncated file is detected.
+//! `Header` (snapshot meta and the KV table index), a `ReapedFloor` record if tombstones
+//! were ever reaped (omitted otherwise, so such snapshots read as before), the KV entries,
+//! the tombstones, and an `End` record with the counts, so a truncated file is detected.
 //!
 //! # Files
 //! `<data>/snapshots/current.snap` is the current snapshot. New files are written under a
@@ -54,6 +55,7 @@ enum Record {
     Entry(KvEntry),
     Tombstone { key: String, index: u64 },
     End { entries: u64, tombstones: u64 },
+    ReapedFloor(u64),
 }
 
 struct Current {
@@ -203,6 +205,7 @@ impl SnapshotDir {
             snapshot_id: snapshot_id(last_log_id.map(|id| id.index)),
         };
         let kv_index = db.kv_index(&txn)?;
+        let reaped_floor = db.reaped_floor(&txn)?;
 
         let mut out = BufWriter::new(File::create(tmp)?);
         out.write_all(MAGIC)?;
@@ -213,6 +216,9 @@ impl SnapshotDir {
                 kv_index,
             },
         )?;
+        if reaped_floor > 0 {
+            write_record(&mut out, &Record::ReapedFloor(reaped_floor))?;
+        }
         let mut entries = 0;
         db.for_each_entry(&txn, &mut |e| {
             entries += 1;
@@ -349,6 +355,7 @@ pub(crate) fn load_into(db: &SmDb, input: &mut impl Read, meta: &Meta) -> Result
     let (mut entries, mut tombstones) = (0u64, 0u64);
     loop {
         match read_record(input)? {
+            Record::ReapedFloor(floor) => db.set_reaped_floor(&mut txn, floor)?,
             Record::Entry(e) => {
                 db.put_entry(&mut txn, &e)?;
                 entries += 1;

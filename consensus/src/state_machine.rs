@@ -4,6 +4,9 @@
 //! commits once, so the state machine is durable when `apply` returns and the KV state,
 //! the last applied log id and the membership always move together. LMDB work runs on
 //! tokio's blocking pool. Snapshots are handled by [`crate::snapshot`].
+//!
+//! Once a transaction commits, the keys it changed are handed to the [`WatchRegistry`],
+//! which wakes the blocking queries watching them; installing a snapshot wakes all.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,11 +23,13 @@ use crate::kv;
 use crate::sm_db::SmDb;
 use crate::snapshot::{Durability, Meta, SnapshotDir};
 use crate::types::{NodeId, Response, ServerNode, TypeConfig};
+use crate::watch::{Changes, WatchRegistry};
 
 /// The state machine; owned by openraft's state machine worker.
 pub(crate) struct StateMachine {
     db: SmDb,
     snapshots: Arc<SnapshotDir>,
+    watches: Arc<WatchRegistry>,
 }
 
 /// Builds a snapshot from a consistent read transaction of the state machine.
@@ -64,7 +69,13 @@ impl StateMachine {
         Ok(StateMachine {
             db,
             snapshots: Arc::new(snapshots),
+            watches: Arc::new(WatchRegistry::default()),
         })
+    }
+
+    /// The registry of blocking-query watchers this state machine wakes.
+    pub(crate) fn watches(&self) -> Arc<WatchRegistry> {
+        self.watches.clone()
     }
 
     /// Follows what this state machine has made durable (see [`Durability`]).
@@ -73,19 +84,28 @@ impl StateMachine {
     }
 }
 
-/// Applies `entries` in one write transaction; one response per entry, in order.
-fn apply_batch(db: &SmDb, entries: &[Entry<TypeConfig>]) -> Result<Vec<Response>, StoreError> {
+/// Applies `entries` in one write transaction; one response per entry, in order. Wakes
+/// the watchers of the changed keys once the transaction has committed.
+fn apply_batch(
+    db: &SmDb,
+    watches: &WatchRegistry,
+    entries: &[Entry<TypeConfig>],
+) -> Result<Vec<Response>, StoreError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
     let mut txn = db.env.write_txn()?;
     let mut responses = Vec::with_capacity(entries.len());
+    let mut changes = Changes::default();
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::Empty,
-            EntryPayload::Normal(request) => {
-                kv::apply(&mut db.tables(&mut txn), entry.log_id.index, request)?
-            }
+            EntryPayload::Normal(request) => kv::apply(
+                &mut db.tables(&mut txn),
+                entry.log_id.index,
+                request,
+                &mut changes,
+            )?,
             EntryPayload::Membership(membership) => {
                 let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
                 db.set_membership(&mut txn, &stored)?;
@@ -96,6 +116,7 @@ fn apply_batch(db: &SmDb, entries: &[Entry<TypeConfig>]) -> Result<Vec<Response>
     }
     db.set_applied(&mut txn, &Some(last.log_id))?;
     txn.commit()?;
+    watches.notify(&changes);
     Ok(responses)
 }
 
@@ -160,8 +181,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.db.clone();
-        blocking(move || apply_batch(&db, &entries))
+        let (db, watches) = (self.db.clone(), self.watches.clone());
+        blocking(move || apply_batch(&db, &watches, &entries))
             .await
             .map_err(sm_write_error)
     }
@@ -198,9 +219,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let mut file = (*snapshot).into_std().await;
         let (db, snapshots, owned_meta) = (self.db.clone(), self.snapshots.clone(), meta.clone());
-        blocking(move || snapshots.install(&db, &mut file, &owned_meta))
+        let result = blocking(move || snapshots.install(&db, &mut file, &owned_meta))
             .await
-            .map_err(|e| snapshot_write_error(Some(meta), e))
+            .map_err(|e| snapshot_write_error(Some(meta), e));
+        // Even a failed install may have committed the new state before failing.
+        self.watches.notify_all();
+        result
     }
 
     async fn get_current_snapshot(

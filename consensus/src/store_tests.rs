@@ -71,6 +71,7 @@ struct Dump {
     entries: Vec<KvEntry>,
     tombstones: Vec<(String, u64)>,
     kv_index: u64,
+    reaped_floor: u64,
     applied: Option<openraft::LogId<NodeId>>,
     membership: openraft::StoredMembership<NodeId, crate::ServerNode>,
 }
@@ -87,6 +88,7 @@ fn dump(db: &SmDb) -> Dump {
         entries: kv::list(&db.view(&txn), "").unwrap(),
         tombstones,
         kv_index: db.kv_index(&txn).unwrap(),
+        reaped_floor: db.reaped_floor(&txn).unwrap(),
         applied: db.applied(&txn).unwrap(),
         membership: db.membership(&txn).unwrap(),
     }
@@ -110,10 +112,18 @@ async fn populated() -> (TempDir, SmDb, StateMachine) {
                 EntryPayload::Normal(Request::KvDelete { key: "a/2".into() }),
             ),
             entry(6, EntryPayload::Blank),
+            entry(
+                7,
+                EntryPayload::Normal(Request::KvDelete { key: "b".into() }),
+            ),
+            entry(
+                8,
+                EntryPayload::Normal(Request::KvReapTombstones { up_to_index: 5 }),
+            ),
         ])
         .await
         .unwrap();
-    assert_eq!(responses.len(), 6);
+    assert_eq!(responses.len(), 8);
     (dir, db, sm)
 }
 
@@ -126,7 +136,7 @@ async fn snapshot_install_reproduces_state() {
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 6)));
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 8)));
 
     // Stream the data into a fresh node as openraft does: into a received file.
     let dir_b = tempfile::tempdir().unwrap();
@@ -144,7 +154,10 @@ async fn snapshot_install_reproduces_state() {
         .unwrap();
 
     assert_eq!(dump(&db_b), dump(&db_a));
+    assert_eq!(dump(&db_b).reaped_floor, 5);
+    assert_eq!(dump(&db_b).tombstones, vec![("b".to_string(), 7)]);
     let txn = db_b.read_txn().unwrap();
+    // a/2's tombstone was reaped; the floor keeps the prefix's index where it was.
     assert_eq!(kv::index_for_prefix(&db_b.view(&txn), "a/").unwrap(), 5);
     drop(txn);
     let current = sm_b.get_current_snapshot().await.unwrap().unwrap();

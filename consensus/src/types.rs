@@ -9,6 +9,7 @@ use std::cell::Cell;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::InvalidRequest;
+use crate::txn::{self, TxnOp, TxnOutcome};
 
 /// Identifier of a Raft server.
 pub type NodeId = u64;
@@ -89,6 +90,16 @@ pub enum Request {
     /// in order, as if proposed alone, and answered by the matching element of
     /// [`Response::Batch`].
     Batch(#[serde(deserialize_with = "deserialize_flat_batch")] Vec<Request>),
+    /// A Consul KV transaction, applied atomically: all operations or none; answered by
+    /// [`Response::Txn`]. See [`TxnOp`].
+    Txn(Vec<TxnOp>),
+    /// Removes the tombstones of deletes at or below log index `up_to_index`; answered by
+    /// [`Response::Reaped`]. Proposed periodically by the leader (see
+    /// [`RaftServer::reap_tombstones`](crate::RaftServer::reap_tombstones)).
+    KvReapTombstones {
+        /// Tombstones with this index or a lower one are removed.
+        up_to_index: u64,
+    },
 }
 
 /// The result of applying one log entry.
@@ -102,6 +113,10 @@ pub enum Response {
     Rejected(String),
     /// One response per command of a [`Request::Batch`], in order.
     Batch(Vec<Response>),
+    /// Outcome of a [`Request::Txn`].
+    Txn(TxnOutcome),
+    /// Number of tombstones a [`Request::KvReapTombstones`] removed.
+    Reaped(u64),
 }
 
 /// A key/value entry with Consul's metadata.
@@ -137,6 +152,22 @@ impl Request {
                 Request::Batch(_) => Err(InvalidRequest::NestedBatch),
                 other => other.validate(),
             }),
+            Request::Txn(ops) => txn::validate(ops),
+            Request::KvReapTombstones { .. } => Ok(()),
+        }
+    }
+
+    /// True for commands that may grow the stores (refused while a store is nearly full;
+    /// deletes are let through so space can be freed).
+    pub(crate) fn adds_data(&self) -> bool {
+        match self {
+            Request::KvSet { .. } | Request::KvCas { .. } => true,
+            Request::KvDelete { .. }
+            | Request::KvDeleteCas { .. }
+            | Request::KvDeleteTree { .. }
+            | Request::KvReapTombstones { .. } => false,
+            Request::Batch(requests) => requests.iter().any(Request::adds_data),
+            Request::Txn(ops) => ops.iter().any(TxnOp::adds_data),
         }
     }
 
@@ -152,6 +183,8 @@ impl Request {
             Request::Batch(requests) => {
                 OVERHEAD + requests.iter().map(Request::approx_size).sum::<usize>()
             }
+            Request::Txn(ops) => OVERHEAD + ops.iter().map(TxnOp::approx_size).sum::<usize>(),
+            Request::KvReapTombstones { .. } => OVERHEAD,
         }
     }
 }
@@ -248,6 +281,37 @@ mod tests {
         );
         let nested = Request::Batch(vec![Request::Batch(vec![])]);
         assert_eq!(nested.validate(), Err(InvalidRequest::NestedBatch));
+    }
+
+    #[test]
+    fn encodings_of_existing_variants_are_unchanged() {
+        // Variant positions are part of the log format: these bytes were written before
+        // transactions and reaping existed and must decode to the same commands.
+        let set = Request::KvSet {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            flags: 1,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&set).unwrap(),
+            [0, 1, b'k', 1, b'v', 1]
+        );
+        let tree = Request::KvDeleteTree { prefix: "p".into() };
+        assert_eq!(postcard::to_allocvec(&tree).unwrap(), [4, 1, b'p']);
+        let batch = Request::Batch(vec![]);
+        assert_eq!(postcard::to_allocvec(&batch).unwrap(), [5, 0]);
+        assert_eq!(
+            postcard::to_allocvec(&Response::Bool(true)).unwrap(),
+            [1, 1]
+        );
+        // The new variants come after them.
+        let txn = Request::Txn(vec![TxnOp::Get { key: "k".into() }]);
+        let bytes = postcard::to_allocvec(&txn).unwrap();
+        assert_eq!(bytes[0], 6);
+        assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), txn);
+        let reap = Request::KvReapTombstones { up_to_index: 3 };
+        assert_eq!(postcard::to_allocvec(&reap).unwrap(), [7, 3]);
+        assert_eq!(postcard::to_allocvec(&Response::Reaped(2)).unwrap(), [5, 2]);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Scenario tests of `RaftServer`: single servers on disk and in-memory clusters.
 
+mod blocking;
 mod cluster;
+mod faults;
+mod membership;
+mod reads;
 mod robustness;
 mod single_node;
+mod txn;

@@ -40,6 +40,41 @@ pub enum Command {
     Members(MembersArgs),
     /// Move a failed member to the left state, so it is no longer probed.
     ForceLeave(ForceLeaveArgs),
+    /// Operate the cluster.
+    Operator(OperatorArgs),
+}
+
+/// `agent operator ...`
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: OperatorCommand,
+}
+
+/// `agent operator raft ...`
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// The Raft configuration.
+    Raft {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: OperatorRaftCommand,
+    },
+}
+
+/// `agent operator raft list-peers`
+#[derive(Debug, Subcommand)]
+pub enum OperatorRaftCommand {
+    /// List the Raft servers: node, id, address, state, voter.
+    ListPeers {
+        /// Ask any server, not only the leader.
+        #[arg(long)]
+        stale: bool,
+    },
 }
 
 /// `agent join [--wan] ADDR...`
@@ -136,6 +171,12 @@ pub struct RunArgs {
     /// PEM file of this node's private key.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Raft log entries between snapshots (servers).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub raft_snapshot_threshold: u64,
+    /// Raft log entries kept behind a snapshot, for followers that lag a little.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub raft_trailing_logs: u64,
     /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
@@ -201,6 +242,18 @@ pub enum KvCommand {
         /// Delete every key under the prefix.
         #[arg(long)]
         recurse: bool,
+    },
+    /// Print every key under PREFIX as JSON (`[{"key", "flags", "value"}]`, value in
+    /// base64), the format `kv import` reads.
+    Export {
+        /// The prefix (all keys when absent).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Write the keys of a JSON export (a file, or "-" for stdin).
+    Import {
+        /// The file, or "-".
+        file: String,
     },
 }
 

@@ -67,6 +67,10 @@ pub struct Config {
     pub join_wan: Vec<SocketAddr>,
     /// mTLS material.
     pub tls: TlsSource,
+    /// Raft log entries between snapshots.
+    pub raft_snapshot_threshold: u64,
+    /// Raft log entries kept behind a snapshot.
+    pub raft_trailing_logs: u64,
 }
 
 /// A flag combination that cannot run.
@@ -180,6 +184,8 @@ impl Config {
             join: parse_join(&args.join)?,
             join_wan: parse_join(&args.join_wan)?,
             tls,
+            raft_snapshot_threshold: args.raft_snapshot_threshold.max(1),
+            raft_trailing_logs: args.raft_trailing_logs,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! - [`transport`]: one QUIC endpoint per pool carrying datagrams and RPC frames.
 //! - [`rpc`]: routes incoming RPC by kind and checks who may ask what.
 //! - [`gossip`]: the LAN gossip driver running `membership` on the transport.
+//! - [`servers`]: servers found through gossip: forming the cluster, autopilot.
 //! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
 //! - [`http`]: the Consul-compatible HTTP API.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
@@ -29,6 +30,7 @@ pub mod node_id;
 pub mod raft;
 pub mod rpc;
 pub mod run;
+pub mod servers;
 pub mod signals;
 pub mod tls;
 pub mod transport;

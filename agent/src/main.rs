@@ -58,6 +58,10 @@ fn main() -> ExitCode {
                 let client = ApiClient::new(&args.http.http_addr)?;
                 Ok(commands::members::members(&client, &args, stdout).await?)
             }
+            Command::Operator(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                Ok(commands::operator::run(&client, args.command, stdout).await?)
+            }
             Command::ForceLeave(args) => {
                 let client = ApiClient::new(&args.http.http_addr)?;
                 Ok(commands::members::force_leave(&client, &args, stdout).await?)

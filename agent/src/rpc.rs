@@ -19,12 +19,19 @@ use crate::transport::{RpcError, RpcHandler};
 pub enum RpcKind {
     /// Raft append entries, vote, install snapshot.
     Raft = 1,
+    /// An HTTP API request forwarded by another agent of our datacenter.
+    Http = 2,
+    /// "Do you have Raft state?", asked by servers before they form a cluster; the
+    /// answer is one byte, 1 or 0.
+    RaftStatus = 3,
 }
 
 impl RpcKind {
     fn from_byte(byte: u8) -> Option<RpcKind> {
         match byte {
             1 => Some(RpcKind::Raft),
+            2 => Some(RpcKind::Http),
+            3 => Some(RpcKind::RaftStatus),
             _ => None,
         }
     }
@@ -42,6 +49,7 @@ pub fn frame(kind: RpcKind, body: &[u8]) -> Bytes {
 pub struct RpcRouter {
     dc: String,
     raft: OnceLock<Raft>,
+    http: OnceLock<axum::Router>,
 }
 
 impl RpcRouter {
@@ -50,6 +58,7 @@ impl RpcRouter {
         RpcRouter {
             dc,
             raft: OnceLock::new(),
+            http: OnceLock::new(),
         }
     }
 
@@ -59,6 +68,45 @@ impl RpcRouter {
         if self.raft.set(raft).is_err() {
             tracing::warn!("the Raft server was attached twice; keeping the first");
         }
+    }
+
+    /// Attaches the HTTP API's router, which answers forwarded requests.
+    pub fn set_http(&self, router: axum::Router) {
+        if self.http.set(router).is_err() {
+            tracing::warn!("the HTTP router was attached twice; keeping the first");
+        }
+    }
+
+    async fn handle_http(&self, from: &PeerIdentity, body: &[u8]) -> Result<Bytes, RpcError> {
+        if from.dc != self.dc {
+            return Err(RpcError::new(format!(
+                "permission denied: {from} is not of datacenter {}",
+                self.dc
+            )));
+        }
+        let Some(router) = self.http.get() else {
+            return Err(RpcError::new("this agent's HTTP API is not running yet"));
+        };
+        crate::http::forward::serve(router.clone(), body)
+            .await
+            .map_err(RpcError::new)
+    }
+
+    fn handle_raft_status(&self, from: &PeerIdentity) -> Result<Bytes, RpcError> {
+        if !from.is_server_of(&self.dc) {
+            return Err(RpcError::new(format!(
+                "permission denied: {from} is not a server of {}",
+                self.dc
+            )));
+        }
+        let Some(raft) = self.raft.get() else {
+            return Err(RpcError::new("this agent is not a Raft server"));
+        };
+        Ok(Bytes::from_static(if raft.has_state() {
+            &[1]
+        } else {
+            &[0]
+        }))
     }
 
     async fn handle_raft(&self, from: &PeerIdentity, body: &[u8]) -> Result<Bytes, RpcError> {
@@ -93,6 +141,8 @@ impl RpcHandler for RpcRouter {
             };
             match RpcKind::from_byte(kind) {
                 Some(RpcKind::Raft) => self.handle_raft(&from, body).await,
+                Some(RpcKind::Http) => self.handle_http(&from, body).await,
+                Some(RpcKind::RaftStatus) => self.handle_raft_status(&from),
                 None => Err(RpcError::new(format!("unknown RPC kind {kind}"))),
             }
         })

@@ -21,6 +21,10 @@ use crate::gossip::members_file::MembersFile;
 use crate::gossip::{Gossip, GossipConfig, standard_tags};
 use crate::http::{self, ApiState, SelfInfo};
 use crate::node_id;
+use crate::servers::{self, ServerDuties};
+
+/// A server failed for longer than this is removed from the Raft voters by the leader.
+pub const DEAD_SERVER_CLEANUP: std::time::Duration = std::time::Duration::from_secs(600);
 use crate::raft::{QuicRaftTransport, Raft};
 use crate::rpc::RpcRouter;
 use crate::tls::{self, Role, TlsMaterial};
@@ -79,6 +83,7 @@ impl Agent {
         let gossip = start_gossip(
             &config,
             &data_dir,
+            node_id,
             advertise,
             transport.clone(),
             datagrams,
@@ -101,6 +106,31 @@ impl Agent {
             )
             .await?;
             router.set_raft(raft.clone());
+            // The other servers of the Raft configuration gossip on the same addresses:
+            // rejoin through them too, in case the saved member list was empty.
+            let raft_peers: Vec<SocketAddr> = raft
+                .membership()
+                .voters
+                .iter()
+                .chain(raft.membership().learners.iter())
+                .filter(|(id, _)| **id != raft.id())
+                .filter_map(|(_, node)| node.addr.parse().ok())
+                .collect();
+            gossip.join_in_background(raft_peers, &tracker, shutdown.clone());
+            let duties = ServerDuties {
+                dc: config.dc.clone(),
+                // A single expected server bootstraps at once, in `start_raft`.
+                bootstrap_expect: config.bootstrap_expect.filter(|n| *n > 1),
+                dead_server_cleanup: DEAD_SERVER_CLEANUP,
+                min_voters: config.bootstrap_expect.unwrap_or(1) as usize,
+            };
+            tracker.spawn(servers::run(
+                duties,
+                raft.clone(),
+                gossip.clone(),
+                transport.clone(),
+                shutdown.clone(),
+            ));
             Some(raft)
         } else {
             None
@@ -120,11 +150,14 @@ impl Agent {
             },
             raft.clone(),
             gossip.clone(),
+            transport.clone(),
             shutdown.clone(),
         );
+        let router_http = http::router(state);
+        router.set_http(router_http.clone());
         let http_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = http::serve(listener, state, http_shutdown).await {
+            if let Err(e) = http::serve(listener, router_http, http_shutdown).await {
                 tracing::warn!("HTTP API stopped with an error: {e}");
             }
         });
@@ -195,6 +228,7 @@ impl Agent {
 fn start_gossip(
     config: &Config,
     data_dir: &Path,
+    node_id: uuid::Uuid,
     advertise: SocketAddr,
     transport: Transport,
     datagrams: crate::transport::DatagramReceiver,
@@ -213,7 +247,7 @@ fn start_gossip(
         membership::Role::Client
     };
     let mut membership = MembershipConfig::lan(&config.dc, role);
-    membership.tags = standard_tags(&role.to_string(), &config.dc, &BTreeMap::new());
+    membership.tags = standard_tags(&role.to_string(), &config.dc, &node_id, &BTreeMap::new());
     let mut join = config.join.clone();
     join.extend(saved.peers.iter().filter(|addr| **addr != advertise));
     join.dedup();
@@ -288,22 +322,23 @@ async fn start_raft(
     node: ServerNode,
     transport: &Transport,
 ) -> anyhow::Result<Raft> {
+    let mut server_config = ServerConfig::new(id, node.clone(), data_dir.join("raft"));
+    server_config.raft.snapshot_policy =
+        openraft::SnapshotPolicy::LogsSinceLast(config.raft_snapshot_threshold);
+    server_config.raft.max_in_snapshot_log_to_keep = config.raft_trailing_logs;
+    server_config.raft.replication_lag_threshold = config.raft_trailing_logs.max(1);
     let raft = RaftServer::open(
-        ServerConfig::new(id, node.clone(), data_dir.join("raft")),
+        server_config,
         QuicRaftTransport::new(transport.clone(), config.dc.clone()),
     )
     .await
     .context("opening the Raft state")?;
-    match config.bootstrap_expect {
-        Some(1) => {
-            raft.initialize(BTreeMap::from([(id, node)]))
-                .await
-                .context("bootstrapping the single-server cluster")?;
-        }
-        Some(n) => bail!(
-            "--bootstrap-expect {n} needs gossip to discover the other servers, which this agent does not run yet"
-        ),
-        None => {}
+    // A single expected server bootstraps at once; more are found through gossip (see
+    // `servers`).
+    if config.bootstrap_expect == Some(1) {
+        raft.initialize(BTreeMap::from([(id, node)]))
+            .await
+            .context("bootstrapping the single-server cluster")?;
     }
     Ok(raft)
 }

@@ -198,3 +198,50 @@ async fn a_restarted_agent_rejoins_without_join_and_supersedes_itself() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_declared_failed_is_alive_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let mut a = start_client(&pki, 133, "a", None, dir.path());
+    a.wait_http().await;
+    let mut b = start_client(&pki, 134, "b", Some(a.lan), dir.path());
+    b.wait_http().await;
+    eventually(
+        "a and b see each other",
+        Duration::from_secs(30),
+        || async { a.members().await.len() == 2 && b.members().await.len() == 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    b.kill9();
+    let agents = [&a];
+    eventually("a marks b failed", Duration::from_secs(30), || {
+        status_everywhere(&agents, "b", 4)
+    })
+    .await;
+    // Past the QUIC idle timeout, as a real restart after a failure would be.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (http, lan) = (b.http, b.lan);
+    drop(b);
+    let mut args: Vec<String> = vec!["--node".into(), "b".into(), "--data-dir".into()];
+    args.push(dir.path().join("b").display().to_string());
+    args.extend([
+        "--ca-file".into(),
+        pki.ca_file().display().to_string(),
+        "--cert-file".into(),
+        pki.dir.path().join("b.dc1.pem").display().to_string(),
+        "--key-file".into(),
+        pki.dir.path().join("b.dc1-key.pem").display().to_string(),
+    ]);
+    let mut b = AgentProcess::start(&args, http, lan, dir.path());
+    b.wait_http().await;
+    eventually("b alive again in a's view", Duration::from_secs(30), || {
+        status_everywhere(&agents, "b", 1)
+    })
+    .await;
+    eventually("a alive in b's view", Duration::from_secs(10), || async {
+        b.members().await.iter().any(|(n, s)| n == "a" && *s == 1)
+    })
+    .await;
+}

@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 
+use base64::Engine;
+
 use crate::cli::KvCommand;
 use crate::client::{ApiClient, KvPair};
 
@@ -80,6 +82,51 @@ pub async fn run(
             }
             Ok(())
         }
+        KvCommand::Export { prefix } => {
+            let entries = client.kv_get(&prefix, true).await?;
+            let export: Vec<ExportEntry> = entries
+                .into_iter()
+                .map(|e| ExportEntry {
+                    key: e.key,
+                    flags: e.flags,
+                    value: e.value.unwrap_or_default(),
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &export)
+                .map_err(|e| CommandError::Failed(format!("Error! encoding: {e}")))?;
+            writeln!(out)?;
+            Ok(())
+        }
+        KvCommand::Import { file } => {
+            let mut text = Vec::new();
+            if file == "-" {
+                stdin.read_to_end(&mut text)?;
+            } else {
+                text = std::fs::read(&file)
+                    .map_err(|e| CommandError::Failed(format!("Error! reading {file}: {e}")))?;
+            }
+            let entries: Vec<ExportEntry> = serde_json::from_slice(&text).map_err(|e| {
+                CommandError::Failed(format!("Error! {file} is not a KV export: {e}"))
+            })?;
+            // Check every value before writing any, so bad input writes nothing.
+            let mut decoded = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(&entry.value)
+                    .map_err(|e| {
+                        CommandError::Failed(format!(
+                            "Error! the value of {:?} is not base64: {e}",
+                            entry.key
+                        ))
+                    })?;
+                decoded.push(value);
+            }
+            for (entry, value) in entries.iter().zip(decoded) {
+                client.kv_put(&entry.key, value, entry.flags, None).await?;
+                writeln!(out, "Imported: {}", entry.key)?;
+            }
+            Ok(())
+        }
         KvCommand::Delete { key, recurse } => {
             client.kv_delete(&key, recurse).await?;
             if recurse {
@@ -90,6 +137,17 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// One key of `kv export`, in Consul's format.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExportEntry {
+    key: String,
+    #[serde(default)]
+    flags: u64,
+    /// Standard base64.
+    #[serde(default)]
+    value: String,
 }
 
 /// The fields of one entry, aligned, as `consul kv get -detailed` prints them.

@@ -129,7 +129,11 @@ fn detailed_row(member: &MemberJson) -> Vec<String> {
 }
 
 /// Writes `rows` under `header` with columns padded to their widest cell.
-fn write_table(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn write_table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

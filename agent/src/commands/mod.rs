@@ -4,6 +4,7 @@
 pub mod info;
 pub mod kv;
 pub mod members;
+pub mod operator;
 pub mod tls;
 
 use thiserror::Error;

@@ -42,8 +42,9 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two rounds of start-up joins.
 pub const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How often the member list is saved for rejoin, when it changed.
-const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// How often the member list is saved for rejoin, when it changed: soon after a join,
+/// so an agent killed right after joining still knows whom to rejoin.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Commands waiting in the driver's queue at most.
 const COMMAND_QUEUE: usize = 64;
@@ -112,17 +113,27 @@ impl Gossip {
             timers: DelayQueue::new(),
             members: members_tx,
             data_dir: config.data_dir,
-            generation: config.me.generation,
             pending_joins: Vec::new(),
             leaving: None,
             dirty: true,
         };
         tracker.spawn(driver.run(datagrams, command_rx, shutdown.clone()));
         let gossip = Gossip { commands, members };
-        if !config.join.is_empty() {
-            tracker.spawn(join_at_start(gossip.clone(), config.join, shutdown));
-        }
+        gossip.join_in_background(config.join, tracker, shutdown);
         Ok(gossip)
+    }
+
+    /// Joins through `addrs` in a tracked task, retrying with backoff until one of them
+    /// answers (nothing to do when `addrs` is empty).
+    pub fn join_in_background(
+        &self,
+        addrs: Vec<SocketAddr>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        if !addrs.is_empty() {
+            tracker.spawn(join_at_start(self.clone(), addrs, shutdown));
+        }
     }
 
     /// Everyone known, this node included, sorted by name.
@@ -202,7 +213,6 @@ struct Driver {
     timers: DelayQueue<membership::MembershipTimer>,
     members: watch::Sender<Arc<Vec<Member>>>,
     data_dir: PathBuf,
-    generation: u64,
     pending_joins: Vec<(SocketAddr, oneshot::Sender<Result<(), GossipError>>)>,
     leaving: Option<(Instant, oneshot::Sender<Result<(), GossipError>>)>,
     dirty: bool,
@@ -336,8 +346,10 @@ impl Driver {
             .filter(|m| m.name != me && m.state.consul_status() == 1)
             .map(|m| m.addr)
             .collect();
+        // The generation rises when this node rejoins after being declared down; the
+        // next start must begin above it.
         let file = MembersFile {
-            generation: self.generation,
+            generation: self.membership.me().generation,
             peers,
         };
         match file.save(&self.data_dir) {
@@ -377,13 +389,16 @@ pub fn member_event(kind: ChangeKind, member: &Member) -> MemberEvent {
     }
 }
 
-/// The tags every agent carries: its role, datacenter and build, plus the user's.
+/// The tags every agent carries: its node id, role, datacenter and build, plus the
+/// user's.
 pub fn standard_tags(
     role: &str,
     dc: &str,
+    id: &uuid::Uuid,
     user: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut tags = user.clone();
+    tags.insert(crate::servers::ID_TAG.into(), id.to_string());
     tags.insert("role".into(), role.into());
     tags.insert("dc".into(), dc.into());
     tags.insert("build".into(), env!("CARGO_PKG_VERSION").into());

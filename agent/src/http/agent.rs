@@ -128,8 +128,14 @@ pub async fn join(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `PUT /v1/agent/leave`: leaves gracefully, then stops the agent.
+/// `PUT /v1/agent/leave`: leaves gracefully, then stops the agent. A server first
+/// leaves the Raft configuration, so the others keep their quorum without it.
 pub async fn leave(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    if let Some(raft) = state.inner.raft.as_ref()
+        && let Err(e) = leave_raft(&state, raft).await
+    {
+        tracing::warn!("leaving the Raft configuration: {e}");
+    }
     state
         .inner
         .gossip
@@ -139,6 +145,40 @@ pub async fn leave(State(state): State<ApiState>) -> Result<Response, ApiError> 
     tracing::info!("left the cluster; stopping");
     state.inner.shutdown.cancel();
     Ok(StatusCode::OK.into_response())
+}
+
+/// Asks the leader (this server or another) to remove this server from Raft.
+async fn leave_raft(state: &ApiState, raft: &crate::raft::Raft) -> Result<(), ApiError> {
+    let me = raft.id();
+    let config = raft.membership();
+    let is_member = config.voters.contains_key(&me) || config.learners.contains_key(&me);
+    if !is_member || config.voters.len() <= 1 && config.voters.contains_key(&me) {
+        return Ok(());
+    }
+    if raft.is_leader() {
+        return super::operator::remove(raft, me).await;
+    }
+    let Some((_, leader)) = raft.leader() else {
+        return Err(ApiError::internal("No cluster leader"));
+    };
+    let addr = leader
+        .addr
+        .parse()
+        .map_err(|_| ApiError::internal(format!("bad leader address {:?}", leader.addr)))?;
+    let request = axum::extract::Request::builder()
+        .method(axum::http::Method::DELETE)
+        .uri(format!("/v1/operator/raft/peer?id={me}"))
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let response = super::forward::forward(state, addr, request, 1).await?;
+    if !response.status().is_success() {
+        return Err(ApiError::internal(format!(
+            "the leader answered {}",
+            response.status()
+        )));
+    }
+    tracing::info!("left the Raft configuration");
+    Ok(())
 }
 
 /// `PUT /v1/agent/force-leave/<node>`: moves a failed member to left.

@@ -5,7 +5,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use consensus::{KvEntry, MAX_KEY_LEN, MAX_VALUE_LEN, Request};
+use consensus::{KvEntry, MAX_KEY_LEN, MAX_VALUE_LEN, Request, WatchScope};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -15,12 +15,12 @@ use super::{ApiState, json, read_headers};
 /// An entry as Consul's JSON shows it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct KvJson<'a> {
+pub(super) struct KvJson<'a> {
     lock_index: u64,
     key: &'a str,
     flags: u64,
     /// Standard padded base64; `null` when the value is empty.
-    value: Option<String>,
+    pub(super) value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a str>,
     create_index: u64,
@@ -52,8 +52,21 @@ pub async fn get(
     let params = Params::parse(query.as_deref());
     let raft = state.raft()?;
     check_key_len(&key)?;
-    super::prepare_read(raft, params.consistency()?).await?;
+    let consistency = params.consistency()?;
     let kv = raft.kv();
+
+    // A blocking query waits until the data it reads changes past `index`; only a
+    // change under this key (or prefix) wakes it.
+    if let Some(index) = params.u64("index")?.filter(|i| *i > 0) {
+        let wait = super::blocking_wait(&params)?;
+        let scope = if params.flag("recurse") || params.flag("keys") {
+            WatchScope::Prefix(key.clone())
+        } else {
+            WatchScope::Key(key.clone())
+        };
+        kv.wait(scope, index, wait).await.map_err(storage_error)?;
+    }
+    super::prepare_read(raft, consistency).await?;
 
     if params.flag("keys") {
         let separator = params.get("separator").filter(|s| !s.is_empty());

@@ -5,9 +5,12 @@
 
 mod agent;
 mod error;
+pub mod forward;
 mod kv;
+mod operator;
 mod params;
 mod status;
+mod txn;
 
 use std::sync::Arc;
 
@@ -27,6 +30,7 @@ pub use params::{Consistency, Params, parse_go_duration};
 
 use crate::gossip::Gossip;
 use crate::raft::Raft;
+use crate::transport::Transport;
 
 /// Facts about this agent that the API reports.
 #[derive(Debug, Clone)]
@@ -53,6 +57,7 @@ struct ApiInner {
     info: SelfInfo,
     raft: Option<Raft>,
     gossip: Gossip,
+    transport: Transport,
     shutdown: CancellationToken,
 }
 
@@ -63,6 +68,7 @@ impl ApiState {
         info: SelfInfo,
         raft: Option<Raft>,
         gossip: Gossip,
+        transport: Transport,
         shutdown: CancellationToken,
     ) -> ApiState {
         ApiState {
@@ -70,9 +76,34 @@ impl ApiState {
                 info,
                 raft,
                 gossip,
+                transport,
                 shutdown,
             }),
         }
+    }
+
+    /// The LAN endpoint, for forwarding.
+    fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// A live server of this datacenter other than this agent, chosen at random.
+    fn pick_server(&self) -> Option<std::net::SocketAddr> {
+        use rand::seq::IndexedRandom;
+
+        let info = &self.inner.info;
+        let members = self.inner.gossip.members();
+        let servers: Vec<std::net::SocketAddr> = members
+            .iter()
+            .filter(|m| {
+                m.name != info.node
+                    && m.dc == info.dc
+                    && m.role == membership::Role::Server
+                    && m.state.consul_status() == 1
+            })
+            .map(|m| m.addr)
+            .collect();
+        servers.choose(&mut rand::rng()).copied()
     }
 
     /// This agent's facts.
@@ -92,7 +123,29 @@ impl ApiState {
 
 /// The routes of the API.
 pub fn router(state: ApiState) -> Router {
+    // Routes whose answer comes from the servers: forwarded when this agent cannot
+    // answer them itself (see `forward`).
+    let server_bound = Router::new()
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/txn", put(txn::txn))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(operator::configuration),
+        )
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(operator::remove_peer),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_server,
+        ));
     Router::new()
+        .merge(server_bound)
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/self", get(agent::self_))
@@ -100,11 +153,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/join/{*addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
-        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -117,12 +165,30 @@ async fn not_found() -> ApiError {
 /// flight and returns.
 pub async fn serve(
     listener: TcpListener,
-    state: ApiState,
+    router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Longest wait of a blocking query (Consul's).
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Wait of a blocking query without `?wait`.
+pub const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a blocking query waits: `?wait` (default 5 min, at most 10 min) plus up to
+/// 1/16 of it at random, so that many watchers do not all return at once.
+fn blocking_wait(params: &Params) -> Result<std::time::Duration, ApiError> {
+    let wait = params.wait()?.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    let jitter_ms = (wait.as_millis() / 16) as u64;
+    let jitter = if jitter_ms == 0 {
+        0
+    } else {
+        rand::random_range(0..=jitter_ms)
+    };
+    Ok(wait + std::time::Duration::from_millis(jitter))
 }
 
 /// A JSON response body.

@@ -1,0 +1,334 @@
+//! Process tests of the Raft KV across servers: three agents of the built binary with
+//! `--bootstrap-expect 3`, each on a loopback address of its own.
+
+// Setup helpers outside #[test] functions panic on failure too.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::tls::Role;
+use support::{AgentProcess, Pki, eventually, free_port, free_udp_port};
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// A server's fixed addresses and start arguments, so it can be restarted as itself.
+struct ServerSpec {
+    http: SocketAddr,
+    lan: SocketAddr,
+    args: Vec<String>,
+}
+
+fn server_spec(
+    pki: &Pki,
+    last: u8,
+    node: &str,
+    join: Option<SocketAddr>,
+    dir: &Path,
+) -> ServerSpec {
+    let http = SocketAddr::new(ip(last), free_port(ip(last)));
+    let lan = SocketAddr::new(ip(last), free_udp_port(ip(last)));
+    let mut args: Vec<String> = ["--server", "--bootstrap-expect", "3", "--node", node]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--data-dir".into(), dir.join(node).display().to_string()]);
+    args.extend(["--raft-snapshot-threshold".into(), "64".into()]);
+    args.extend(["--raft-trailing-logs".into(), "16".into()]);
+    args.extend(pki.files(Role::Server, "dc1", node));
+    if let Some(seed) = join {
+        args.extend(["--join".into(), seed.to_string()]);
+    }
+    ServerSpec { http, lan, args }
+}
+
+fn start(spec: &ServerSpec, dir: &Path) -> AgentProcess {
+    AgentProcess::start(&spec.args, spec.http, spec.lan, dir)
+}
+
+async fn leader_of(client: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
+    let response = client
+        .get(agent.url("/v1/status/leader"))
+        .send()
+        .await
+        .ok()?;
+    let leader: String = response.json().await.ok()?;
+    (!leader.is_empty()).then_some(leader)
+}
+
+async fn voters(client: &reqwest::Client, agent: &AgentProcess) -> usize {
+    let Ok(response) = client
+        .get(agent.url("/v1/operator/raft/configuration"))
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let Ok(config) = response.json::<serde_json::Value>().await else {
+        return 0;
+    };
+    config["Servers"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["Voter"] == true).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let first = server_spec(&pki, 141, "s1", None, dir.path());
+    let specs = vec![
+        server_spec(&pki, 142, "s2", Some(first.lan), dir.path()),
+        server_spec(&pki, 143, "s3", Some(first.lan), dir.path()),
+    ];
+    let specs: Vec<ServerSpec> = std::iter::once(first).chain(specs).collect();
+    let mut servers: Vec<Option<AgentProcess>> =
+        specs.iter().map(|s| Some(start(s, dir.path()))).collect();
+    for server in servers.iter_mut().flatten() {
+        server.wait_http().await;
+    }
+
+    // One leader, the same for all, and three voters.
+    eventually(
+        "one leader known to all three",
+        Duration::from_secs(30),
+        || async {
+            let mut leaders = Vec::new();
+            for server in servers.iter().flatten() {
+                leaders.push(leader_of(&client, server).await);
+            }
+            leaders.iter().all(|l| l.is_some()) && leaders.windows(2).all(|w| w[0] == w[1])
+        },
+    )
+    .await;
+    eventually("three voters", Duration::from_secs(10), || async {
+        voters(&client, servers[0].as_ref().unwrap()).await == 3
+    })
+    .await;
+
+    // 300 concurrent PUTs spread over the three servers (followers forward them).
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut writers = Vec::new();
+    for i in 0..300 {
+        let server = servers[i % 3]
+            .as_ref()
+            .unwrap()
+            .url(&format!("/v1/kv/load/k{i:03}"));
+        let client = client.clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let response = client
+                .put(server)
+                .body(format!("v{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{:?}", response.text().await);
+            assert_eq!(response.text().await.unwrap(), "true");
+            acked
+                .lock()
+                .unwrap()
+                .insert(format!("load/k{i:03}"), format!("v{i}"));
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 300);
+    for (i, (key, value)) in acked.iter().enumerate() {
+        let server = servers[i % 3].as_ref().unwrap();
+        let got = client
+            .get(server.url(&format!("/v1/kv/{key}?consistent&raw")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "{key}");
+        assert_eq!(&got.text().await.unwrap(), value);
+    }
+
+    // CAS through a follower follows Consul's rules.
+    let leader_addr = leader_of(&client, servers[0].as_ref().unwrap())
+        .await
+        .unwrap();
+    let follower = servers
+        .iter()
+        .flatten()
+        .find(|s| s.lan.to_string() != leader_addr)
+        .unwrap();
+    let put = |q: String| {
+        client
+            .put(follower.url(&format!("/v1/kv/cas-key?{q}")))
+            .body("x")
+            .send()
+    };
+    assert_eq!(
+        put("cas=0".into()).await.unwrap().text().await.unwrap(),
+        "true"
+    );
+    assert_eq!(
+        put("cas=0".into()).await.unwrap().text().await.unwrap(),
+        "false"
+    );
+    let entry: serde_json::Value = client
+        .get(follower.url("/v1/kv/cas-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let index = entry[0]["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(
+        put(format!("cas={}", index + 1000))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "false"
+    );
+    assert_eq!(
+        put(format!("cas={index}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "true"
+    );
+
+    // A blocking query wakes for its key, within 1 s, and not for another key.
+    let watched = client
+        .get(follower.url("/v1/kv/watched"))
+        .send()
+        .await
+        .unwrap();
+    let index: u64 = watched.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = follower.url(&format!("/v1/kv/watched?index={index}&wait=20s"));
+    let blocked = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (Instant::now(), response.status())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .put(follower.url("/v1/kv/not-watched"))
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !blocked.is_finished(),
+        "a write to another key woke the query"
+    );
+    let written = Instant::now();
+    client
+        .put(follower.url("/v1/kv/watched"))
+        .body("now")
+        .send()
+        .await
+        .unwrap();
+    let (woke, status) = blocked.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        woke.duration_since(written) < Duration::from_secs(1),
+        "woke after {:?}",
+        woke.duration_since(written)
+    );
+
+    // kill -9 of the leader: a new leader serves within 10 s, nothing acknowledged is lost.
+    let leader_index = servers
+        .iter()
+        .position(|s| s.as_ref().is_some_and(|s| s.lan.to_string() == leader_addr))
+        .unwrap();
+    servers[leader_index].take().unwrap().kill9();
+    let killed = Instant::now();
+    let survivor = servers.iter().flatten().next().unwrap();
+    eventually("a new leader", Duration::from_secs(10), || async {
+        leader_of(&client, survivor)
+            .await
+            .is_some_and(|l| l != leader_addr)
+    })
+    .await;
+    eventually("writes served again", Duration::from_secs(10), || async {
+        let r = client
+            .put(survivor.url("/v1/kv/after-failover"))
+            .body("1")
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    eprintln!("new leader serving {:?} after kill -9", killed.elapsed());
+    for (key, value) in &acked {
+        let got = client
+            .get(survivor.url(&format!("/v1/kv/{key}?consistent&raw")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(&got.text().await.unwrap(), value, "{key} after failover");
+    }
+
+    // Enough writes that the restarted server's missing log is purged behind a snapshot.
+    for i in 0..150 {
+        let r = client
+            .put(survivor.url(&format!("/v1/kv/later/k{i:03}")))
+            .body("z")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut restarted = start(&specs[leader_index], dir.path());
+    restarted.wait_http().await;
+    eventually(
+        "the restarted server caught up",
+        Duration::from_secs(30),
+        || async {
+            let r = client
+                .get(restarted.url("/v1/kv/later/k149?stale&raw"))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "z"),
+                _ => false,
+            }
+        },
+    )
+    .await;
+    servers[leader_index] = Some(restarted);
+
+    // A fourth server joins as a learner, then becomes a voter.
+    let fourth_spec = server_spec(&pki, 144, "s4", Some(specs[0].lan), dir.path());
+    let mut fourth = start(&fourth_spec, dir.path());
+    fourth.wait_http().await;
+    eventually("four voters", Duration::from_secs(30), || async {
+        voters(&client, servers[0].as_ref().unwrap()).await == 4
+    })
+    .await;
+    let got = client
+        .get(fourth.url("/v1/kv/load/k000?stale&raw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "v0");
+}

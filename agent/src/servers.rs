@@ -32,6 +32,14 @@ pub const ID_TAG: &str = "id";
 /// How often bootstrap and autopilot look at gossip.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Tombstones of deleted keys are kept this long (Consul's default), so that blocking
+/// queries see deletes, then reaped by the leader.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How often the leader notes the applied index, to know which index is old enough to
+/// reap up to.
+const TOMBSTONE_SAMPLE: Duration = Duration::from_secs(30);
+
 /// How long the question "do you have Raft state?" may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -112,6 +120,7 @@ pub async fn run(
         raft,
         gossip,
         failed_since: HashMap::new(),
+        index_samples: std::collections::VecDeque::new(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,9 +203,41 @@ struct Autopilot {
     raft: Raft,
     gossip: Gossip,
     failed_since: HashMap<NodeId, Instant>,
+    /// (when, applied index) noted while leading, oldest first.
+    index_samples: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl Autopilot {
+    /// Reaps the tombstones older than [`TOMBSTONE_TTL`]: the leader notes its applied
+    /// index every [`TOMBSTONE_SAMPLE`] and reaps up to the newest index noted at least
+    /// a TTL ago.
+    async fn reap_tombstones(&mut self) {
+        let now = Instant::now();
+        if self
+            .index_samples
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= TOMBSTONE_SAMPLE)
+            && let Ok(index) = self.raft.kv().applied_index()
+        {
+            self.index_samples.push_back((now, index));
+        }
+        let mut up_to = None;
+        while let Some((at, index)) = self.index_samples.front() {
+            if now.duration_since(*at) < TOMBSTONE_TTL {
+                break;
+            }
+            up_to = Some(*index);
+            self.index_samples.pop_front();
+        }
+        if let Some(index) = up_to {
+            match self.raft.reap_tombstones(index).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(reaped = n, up_to = index, "tombstones reaped"),
+                Err(e) => tracing::warn!("reaping tombstones: {e}"),
+            }
+        }
+    }
+
     async fn step(&mut self) {
         let servers = servers_of(&self.gossip.members(), &self.duties.dc);
         let now = Instant::now();
@@ -209,8 +250,10 @@ impl Autopilot {
             self.failed_since.entry(server.id).or_insert(now);
         }
         if !self.raft.is_leader() {
+            self.index_samples.clear();
             return;
         }
+        self.reap_tombstones().await;
         let config = self.raft.membership();
         let mut voters: BTreeSet<NodeId> = config.voters.keys().copied().collect();
 

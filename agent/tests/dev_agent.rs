@@ -514,3 +514,129 @@ async fn a_server_runs_on_certificate_files_and_refuses_the_wrong_ones() {
         renamed.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_bad_input_follow_consul() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProcess::dev(ip(26), &dir.path().join("data"), dir.path());
+    agent.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| agent.url(path);
+    let txn = |body: &'static str| client.put(url("/v1/txn")).body(body).send();
+
+    // A committed transaction: results for set (Value null) and get (with value).
+    let ok = txn(r#"[{"KV":{"Verb":"set","Key":"t/a","Value":"YQ=="}},
+                     {"KV":{"Verb":"set","Key":"t/b","Value":"Yg==","Flags":9}},
+                     {"KV":{"Verb":"get","Key":"t/a"}}]"#)
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert!(body["Errors"].is_null());
+    let results = body["Results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["KV"]["Value"].is_null());
+    assert_eq!(results[1]["KV"]["Flags"], 9);
+    assert_eq!(results[2]["KV"]["Value"], "YQ==");
+    let index_a = results[0]["KV"]["ModifyIndex"].as_u64().unwrap();
+
+    // A rolled-back transaction: 409, the failing op named, nothing applied.
+    let stale = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"t/c","Value":"Yw=="}}}},
+            {{"KV":{{"Verb":"check-index","Key":"t/a","Index":{}}}}}]"#,
+        index_a + 100
+    );
+    let rolled = client.put(url("/v1/txn")).body(stale).send().await.unwrap();
+    assert_eq!(rolled.status(), 409);
+    let body: serde_json::Value = rolled.json().await.unwrap();
+    assert!(body["Results"].is_null());
+    assert_eq!(body["Errors"][0]["OpIndex"], 1);
+    assert_eq!(
+        client.get(url("/v1/kv/t/c")).send().await.unwrap().status(),
+        404
+    );
+
+    // A read-only transaction is answered with an index header.
+    let read = txn(r#"[{"KV":{"Verb":"get-tree","Key":"t/"}}]"#)
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert!(read.headers().contains_key("x-consul-index"));
+    let body: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(body["Results"].as_array().unwrap().len(), 2);
+
+    // Bad input of every kind gets a 4xx with a reason and changes nothing.
+    let index_of = || async {
+        let r = client.get(url("/v1/kv/?keys")).send().await.unwrap();
+        let index: u64 = r.headers()["x-consul-index"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (index, r.text().await.unwrap())
+    };
+    let before = index_of().await;
+    let long_key = format!("/v1/kv/{}", "k".repeat(600));
+    let many_ops = format!(
+        "[{}]",
+        vec![r#"{"KV":{"Verb":"set","Key":"x","Value":""}}"#; 65].join(",")
+    );
+    let bad: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (client.put(url(&long_key)).body("v"), 400),
+        (
+            client
+                .put(url("/v1/txn"))
+                .body("[{\"KV\":{\"Verb\":\"set\""),
+            400,
+        ),
+        (
+            client
+                .put(url("/v1/txn"))
+                .body(r#"[{"KV":{"Verb":"launch","Key":"x"}}]"#),
+            400,
+        ),
+        (client.put(url("/v1/txn")).body(many_ops), 413),
+        (
+            client.put(url("/v1/kv/big")).body(vec![0u8; 600 * 1024]),
+            413,
+        ),
+        (client.put(url("/v1/kv/x?cas=abc")).body("v"), 400),
+        (client.put(url("/v1/kv/x?flags=-1")).body("v"), 400),
+        (client.get(url("/v1/kv/t/a?index=abc")), 400),
+        (client.get(url("/v1/kv/t/a?index=1&wait=5x")), 400),
+        (client.delete(url("/v1/kv/")), 400),
+    ];
+    for (request, status) in bad {
+        let response = request.send().await.unwrap();
+        let code = response.status().as_u16();
+        let reason = response.text().await.unwrap();
+        assert_eq!(code, status, "{reason}");
+        assert!(!reason.trim().is_empty(), "a {code} without a reason");
+    }
+    assert_eq!(index_of().await, before, "bad input changed the store");
+
+    // kv export and import round-trip through the CLI.
+    let export = agent.cli(&["kv", "export", "t/"]);
+    assert!(export.status.success());
+    agent.cli(&["kv", "delete", "--recurse", "t/"]);
+    let import = cli_with_stdin(
+        &agent.http.to_string(),
+        &["kv", "import", "-"],
+        Some(&export.stdout),
+    );
+    assert!(import.status.success(), "{}", text(&import.stderr));
+    assert_eq!(text(&agent.cli(&["kv", "get", "t/b"]).stdout), "b\n");
+    let detailed = text(&agent.cli(&["kv", "get", "--detailed", "t/b"]).stdout);
+    assert!(detailed.contains("Flags            9"), "{detailed}");
+    let broken = cli_with_stdin(
+        &agent.http.to_string(),
+        &["kv", "import", "-"],
+        Some(b"[{\"key\":\"z\",\"value\":\"!!\"}]"),
+    );
+    assert_eq!(broken.status.code(), Some(1));
+    assert_eq!(
+        agent.cli(&["kv", "get", "z"]).status.code(),
+        Some(1),
+        "a bad import wrote nothing"
+    );
+}

@@ -57,6 +57,23 @@ fn local_cluster_starts_five_agents_and_stops_them_on_ctrl_c() {
     assert_eq!(alive.len(), 5, "output:\n{}", output.join("\n"));
     assert_eq!(alive.iter().filter(|l| l.contains("server")).count(), 3);
     assert_eq!(alive.iter().filter(|l| l.contains("client")).count(), 2);
+    // One Raft leader among three servers, and a key written through one client agent
+    // is read through the other (both forward to the servers).
+    let peers: Vec<&String> = output
+        .iter()
+        .filter(|l| {
+            l.starts_with("server-") && (l.contains(" leader ") || l.contains(" follower "))
+        })
+        .collect();
+    assert_eq!(peers.len(), 3, "output:\n{}", output.join("\n"));
+    assert_eq!(peers.iter().filter(|l| l.contains(" leader ")).count(), 1);
+    assert!(
+        output
+            .iter()
+            .any(|l| l == "read through client-2: hello from client-1"),
+        "output:\n{}",
+        output.join("\n")
+    );
 
     // Ctrl-C stops the script and every agent it started.
     let status = Command::new("kill")

@@ -331,4 +331,24 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
         .await
         .unwrap();
     assert_eq!(got.text().await.unwrap(), "v0");
+
+    // A server that leaves gracefully takes itself out of the Raft configuration.
+    let out = fourth.cli(&["leave"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fourth.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        fourth.log_text()
+    );
+    eventually(
+        "three voters after the leave",
+        Duration::from_secs(15),
+        || async { voters(&client, servers[0].as_ref().unwrap()).await == 3 },
+    )
+    .await;
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a local cluster: 3 servers and 2 clients, each on a loopback address of its own
-# (127.0.0.<BASE> to 127.0.0.<BASE+4>), with a CA and certificates made for them. Prints
-# the members once all five see each other, then runs until Ctrl-C, which stops them all.
+# (127.0.0.<BASE> to 127.0.0.<BASE+4>), with a CA and certificates made for them. The
+# servers form one Raft cluster (--bootstrap-expect 3). Prints the members and the Raft
+# peers once all five see each other and a leader is elected, writes a key through one
+# client and reads it through the other, then runs until Ctrl-C, which stops them all.
 #
 #   examples/local-cluster/run.sh            # builds the agent if needed
 #   AGENT=/path/to/agent BASE=11 examples/local-cluster/run.sh
@@ -33,7 +35,7 @@ nodes=(server-1 server-2 server-3 client-1 client-2)
 for i in "${!nodes[@]}"; do
   node=${nodes[$i]}
   ip="127.0.0.$((BASE + i))"
-  if [[ $node == server-* ]]; then role=(--server); kind=--server; else role=(); kind=--client; fi
+  if [[ $node == server-* ]]; then role=(--server --bootstrap-expect 3); kind=--server; else role=(); kind=--client; fi
   "$AGENT" tls cert create "$kind" --dc dc1 --node "$node" --out "$node" --dir "$work/certs" >/dev/null
   join=()
   if [ "$i" -gt 0 ]; then join=(--join "$seed"); fi
@@ -49,10 +51,19 @@ done
 export AGENT_HTTP_ADDR="127.0.0.$BASE:8500"
 for _ in $(seq 1 300); do
   alive=$("$AGENT" members --status alive 2>/dev/null | tail -n +2 | wc -l || true)
-  [ "$alive" -ge 5 ] && break
+  leaders=$("$AGENT" operator raft list-peers 2>/dev/null | grep -c " leader " || true)
+  [ "$alive" -ge 5 ] && [ "$leaders" -eq 1 ] && break
   sleep 0.1
 done
 "$AGENT" members
+echo
+"$AGENT" operator raft list-peers
+echo
+client_1="127.0.0.$((BASE + 3)):8500"
+client_2="127.0.0.$((BASE + 4)):8500"
+AGENT_HTTP_ADDR=$client_1 "$AGENT" kv put greeting "hello from client-1"
+echo "read through client-2: $(AGENT_HTTP_ADDR=$client_2 "$AGENT" kv get greeting)"
+echo
 echo "The cluster is running. Try: AGENT_HTTP_ADDR=$AGENT_HTTP_ADDR $AGENT members"
 echo "Press Ctrl-C to stop it."
 wait

@@ -171,6 +171,10 @@ pub struct RunArgs {
     /// PEM file of this node's private key.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// A server failed for longer than this (a Go duration: 10m, 90s) is removed from
+    /// the Raft voters by the leader, never below --bootstrap-expect voters.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub dead_server_cleanup: std::time::Duration,
     /// Raft log entries between snapshots (servers).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub raft_snapshot_threshold: u64,
@@ -180,6 +184,11 @@ pub struct RunArgs {
     /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::http::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 10m, 90s or 1h30m"))
 }
 
 /// How to reach the local agent's HTTP API.

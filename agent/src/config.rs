@@ -67,6 +67,8 @@ pub struct Config {
     pub join_wan: Vec<SocketAddr>,
     /// mTLS material.
     pub tls: TlsSource,
+    /// A server failed for longer than this is removed from the Raft voters.
+    pub dead_server_cleanup: std::time::Duration,
     /// Raft log entries between snapshots.
     pub raft_snapshot_threshold: u64,
     /// Raft log entries kept behind a snapshot.
@@ -184,6 +186,7 @@ impl Config {
             join: parse_join(&args.join)?,
             join_wan: parse_join(&args.join_wan)?,
             tls,
+            dead_server_cleanup: args.dead_server_cleanup,
             raft_snapshot_threshold: args.raft_snapshot_threshold.max(1),
             raft_trailing_logs: args.raft_trailing_logs,
         })

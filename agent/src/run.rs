@@ -23,8 +23,6 @@ use crate::http::{self, ApiState, SelfInfo};
 use crate::node_id;
 use crate::servers::{self, ServerDuties};
 
-/// A server failed for longer than this is removed from the Raft voters by the leader.
-pub const DEAD_SERVER_CLEANUP: std::time::Duration = std::time::Duration::from_secs(600);
 use crate::raft::{QuicRaftTransport, Raft};
 use crate::rpc::RpcRouter;
 use crate::tls::{self, Role, TlsMaterial};
@@ -121,7 +119,7 @@ impl Agent {
                 dc: config.dc.clone(),
                 // A single expected server bootstraps at once, in `start_raft`.
                 bootstrap_expect: config.bootstrap_expect.filter(|n| *n > 1),
-                dead_server_cleanup: DEAD_SERVER_CLEANUP,
+                dead_server_cleanup: config.dead_server_cleanup,
                 min_voters: config.bootstrap_expect.unwrap_or(1) as usize,
             };
             tracker.spawn(servers::run(

@@ -41,6 +41,7 @@ fn server_spec(
     args.extend(["--data-dir".into(), dir.join(node).display().to_string()]);
     args.extend(["--raft-snapshot-threshold".into(), "64".into()]);
     args.extend(["--raft-trailing-logs".into(), "16".into()]);
+    args.extend(["--dead-server-cleanup".into(), "2s".into()]);
     args.extend(pki.files(Role::Server, "dc1", node));
     if let Some(seed) = join {
         args.extend(["--join".into(), seed.to_string()]);
@@ -351,4 +352,33 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
         || async { voters(&client, servers[0].as_ref().unwrap()).await == 3 },
     )
     .await;
+
+    // A fifth server that dies is removed once it has been failed for longer than
+    // --dead-server-cleanup, but never below the three expected voters.
+    let fifth_spec = server_spec(&pki, 145, "s5", Some(specs[0].lan), dir.path());
+    let mut fifth = start(&fifth_spec, dir.path());
+    fifth.wait_http().await;
+    eventually(
+        "four voters with the fifth",
+        Duration::from_secs(30),
+        || async { voters(&client, servers[0].as_ref().unwrap()).await == 4 },
+    )
+    .await;
+    fifth.kill9();
+    eventually(
+        "the dead fifth removed",
+        Duration::from_secs(40),
+        || async { voters(&client, servers[0].as_ref().unwrap()).await == 3 },
+    )
+    .await;
+    // Three voters is the floor: a further dead server stays a voter.
+    let first_lan = specs[0].lan;
+    let second = servers
+        .iter_mut()
+        .flatten()
+        .find(|s| s.lan != first_lan)
+        .unwrap();
+    second.kill9();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(voters(&client, servers[0].as_ref().unwrap()).await, 3);
 }

@@ -19,7 +19,7 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
 
-/// Starts a client agent `node` on `127.0.0.<last>` with certificates of `pki`.
+/// Starts a client agent `node` on `127.0.0.<last>` with new certificates of `pki`.
 fn start_client(
     pki: &Pki,
     last: u8,
@@ -29,13 +29,34 @@ fn start_client(
 ) -> AgentProcess {
     let http = SocketAddr::new(ip(last), free_port(ip(last)));
     let lan = SocketAddr::new(ip(last), free_udp_port(ip(last)));
+    let tls = pki.files(Role::Client, "dc1", node);
+    start_client_on(tls, http, lan, node, join, dir)
+}
+
+/// Starts a client agent `node` on the given addresses with the given TLS arguments,
+/// its data in `dir/<node>` (so a restart keeps its state).
+fn start_client_on(
+    tls: Vec<String>,
+    http: SocketAddr,
+    lan: SocketAddr,
+    node: &str,
+    join: Option<SocketAddr>,
+    dir: &Path,
+) -> AgentProcess {
     let mut args: Vec<String> = vec!["--node".into(), node.into(), "--data-dir".into()];
     args.push(dir.join(node).display().to_string());
-    args.extend(pki.files(Role::Client, "dc1", node));
+    args.extend(tls);
     if let Some(seed) = join {
         args.extend(["--join".into(), seed.to_string()]);
     }
     AgentProcess::start(&args, http, lan, dir)
+}
+
+/// Kills `agent` and starts it again as itself, without `--join`.
+fn restart_client(pki: &Pki, agent: AgentProcess, node: &str, dir: &Path) -> AgentProcess {
+    let (http, lan) = (agent.http, agent.lan);
+    drop(agent);
+    start_client_on(pki.existing_files("dc1", node), http, lan, node, None, dir)
 }
 
 async fn status_everywhere(agents: &[&AgentProcess], node: &str, status: u8) -> bool {
@@ -168,22 +189,7 @@ async fn a_restarted_agent_rejoins_without_join_and_supersedes_itself() {
     .await;
     // Let b save its member list, then kill it and start it again without --join.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    b.kill9();
-    let http = b.http;
-    let lan = b.lan;
-    drop(b);
-    let mut args: Vec<String> = vec!["--node".into(), "b".into(), "--data-dir".into()];
-    args.push(dir.path().join("b").display().to_string());
-    // Reuse b's certificate files made at its first start.
-    args.extend([
-        "--ca-file".into(),
-        pki.ca_file().display().to_string(),
-        "--cert-file".into(),
-        pki.dir.path().join("b.dc1.pem").display().to_string(),
-        "--key-file".into(),
-        pki.dir.path().join("b.dc1-key.pem").display().to_string(),
-    ]);
-    let mut b = AgentProcess::start(&args, http, lan, dir.path());
+    let mut b = restart_client(&pki, b, "b", dir.path());
     b.wait_http().await;
     eventually(
         "b rejoined a without --join",
@@ -220,21 +226,9 @@ async fn an_agent_declared_failed_is_alive_again_after_a_restart() {
         status_everywhere(&agents, "b", 4)
     })
     .await;
-    // Past the QUIC idle timeout, as a real restart after a failure would be.
+    // Restart a while after the failure was declared, as an operator would.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (http, lan) = (b.http, b.lan);
-    drop(b);
-    let mut args: Vec<String> = vec!["--node".into(), "b".into(), "--data-dir".into()];
-    args.push(dir.path().join("b").display().to_string());
-    args.extend([
-        "--ca-file".into(),
-        pki.ca_file().display().to_string(),
-        "--cert-file".into(),
-        pki.dir.path().join("b.dc1.pem").display().to_string(),
-        "--key-file".into(),
-        pki.dir.path().join("b.dc1-key.pem").display().to_string(),
-    ]);
-    let mut b = AgentProcess::start(&args, http, lan, dir.path());
+    let mut b = restart_client(&pki, b, "b", dir.path());
     b.wait_http().await;
     eventually("b alive again in a's view", Duration::from_secs(30), || {
         status_everywhere(&agents, "b", 1)

@@ -43,6 +43,8 @@ pub struct AgentProc {
     pub lan: SocketAddr,
     /// Its log file.
     pub log: PathBuf,
+    /// A client of its HTTP API.
+    pub api: agent::client::ApiClient,
     child: Option<Child>,
 }
 
@@ -153,6 +155,7 @@ impl Cluster {
             http,
             lan,
             log,
+            api: agent::client::ApiClient::new(&http.to_string())?,
             child: Some(child),
         });
         Ok(())

@@ -63,7 +63,7 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
 
     // Phase 1: convergence.
     loop {
-        let views = views(&http, &cluster.agents).await;
+        let views = views(&cluster.agents).await;
         let converged = views
             .iter()
             .filter(|v| v.len() == n && v.iter().all(|(_, s)| *s == 1))
@@ -94,7 +94,7 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     let killed = Instant::now();
     let mut first_seen: Option<Duration> = None;
     loop {
-        let views = views(&http, &cluster.agents).await;
+        let views = views(&cluster.agents).await;
         let marked = views
             .iter()
             .filter(|v| v.iter().any(|(name, s)| *name == victim.node && *s == 4))
@@ -156,24 +156,14 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
 
 /// What every agent's `/v1/agent/members` says: (name, status) pairs; empty if it did
 /// not answer.
-async fn views(http: &reqwest::Client, agents: &[AgentProc]) -> Vec<Vec<(String, u8)>> {
+async fn views(agents: &[AgentProc]) -> Vec<Vec<(String, u8)>> {
     let requests = agents.iter().map(|agent| async move {
-        let url = format!("http://{}/v1/agent/members", agent.http);
-        let Ok(response) = http.get(url).send().await else {
-            return Vec::new();
-        };
-        let Ok(members) = response.json::<Vec<serde_json::Value>>().await else {
-            return Vec::new();
-        };
-        members
-            .iter()
-            .map(|m| {
-                (
-                    m["Name"].as_str().unwrap_or_default().to_string(),
-                    m["Status"].as_u64().unwrap_or_default() as u8,
-                )
-            })
-            .collect()
+        agent
+            .api
+            .members(false)
+            .await
+            .map(|members| members.into_iter().map(|m| (m.name, m.status)).collect())
+            .unwrap_or_default()
     });
     futures::future::join_all(requests).await
 }

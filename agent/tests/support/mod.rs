@@ -102,32 +102,28 @@ impl AgentProcess {
 
     /// Waits (at most 30 s) until the agent has a Raft leader.
     pub async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "agent exited early with {status}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            if let Ok(response) = client.get(self.url("/v1/status/leader")).send().await
-                && let Ok(text) = response.text().await
-                && text.len() > 2
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after 30 s; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_until("a Raft leader", "/v1/status/leader", |status, body| {
+            status.is_success() && body.len() > 2
+        })
+        .await;
     }
 
     /// Waits (at most 30 s) until the HTTP API answers.
     pub async fn wait_http(&mut self) {
+        self.wait_until("the HTTP API", "/v1/agent/self", |status, _| {
+            status.is_success()
+        })
+        .await;
+    }
+
+    /// Polls `GET path` until `ready(status, body)` holds, failing after 30 s or as soon
+    /// as the agent exits, with its log.
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        path: &str,
+        ready: impl Fn(reqwest::StatusCode, &str) -> bool,
+    ) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -137,14 +133,17 @@ impl AgentProcess {
                     self.log_text()
                 );
             }
-            if let Ok(response) = client.get(self.url("/v1/agent/self")).send().await
-                && response.status().is_success()
-            {
-                return;
+            if let Ok(response) = client.get(self.url(path)).send().await {
+                let status = response.status();
+                if let Ok(body) = response.text().await
+                    && ready(status, &body)
+                {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "agent HTTP API not up after 30 s; log:\n{}",
+                "no {what} after 30 s; log:\n{}",
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -153,22 +152,14 @@ impl AgentProcess {
 
     /// `/v1/agent/members` as (name, status) pairs; empty if the agent does not answer.
     pub async fn members(&self) -> Vec<(String, u8)> {
-        let client = reqwest::Client::new();
-        let Ok(response) = client.get(self.url("/v1/agent/members")).send().await else {
+        let Ok(client) = agent::client::ApiClient::new(&self.http.to_string()) else {
             return Vec::new();
         };
-        let Ok(members) = response.json::<Vec<serde_json::Value>>().await else {
-            return Vec::new();
-        };
-        members
-            .iter()
-            .map(|m| {
-                (
-                    m["Name"].as_str().unwrap_or_default().to_string(),
-                    m["Status"].as_u64().unwrap_or_default() as u8,
-                )
-            })
-            .collect()
+        client
+            .members(false)
+            .await
+            .map(|members| members.into_iter().map(|m| (m.name, m.status)).collect())
+            .unwrap_or_default()
     }
 
     /// SIGKILL, then reap.
@@ -309,6 +300,25 @@ impl Pki {
             files.cert.display().to_string(),
             "--key-file".into(),
             files.key.display().to_string(),
+        ]
+    }
+
+    /// The `agent run` arguments of certificate files issued before by [`Pki::files`].
+    pub fn existing_files(&self, dc: &str, node: &str) -> Vec<String> {
+        let file = |suffix: &str| {
+            self.dir
+                .path()
+                .join(format!("{node}.{dc}{suffix}"))
+                .display()
+                .to_string()
+        };
+        vec![
+            "--ca-file".into(),
+            self.ca_file().display().to_string(),
+            "--cert-file".into(),
+            file(".pem"),
+            "--key-file".into(),
+            file("-key.pem"),
         ]
     }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use agent::tls::{
-    self, CA_CERT_FILE, CA_DAYS, CA_KEY_FILE, CertRequest, PeerIdentity, Role, TlsError,
+    self, CA_CERT_FILE, CA_DAYS, CA_KEY_FILE, CaFiles, CertRequest, PeerIdentity, Role, TlsError,
     TlsMaterial,
 };
 use rustls::pki_types::CertificateDer;
@@ -20,6 +20,31 @@ fn mode(path: &Path) -> u32 {
 
 fn first_cert(path: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(path).unwrap()
+}
+
+/// A temporary directory holding a new CA.
+fn with_ca() -> (tempfile::TempDir, CaFiles) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca(tmp.path(), CA_DAYS).unwrap();
+    (tmp, ca)
+}
+
+fn identity(role: Role, dc: &str, node: &str) -> PeerIdentity {
+    PeerIdentity {
+        role,
+        dc: dc.into(),
+        node: node.into(),
+    }
+}
+
+/// Certificate parameters with the SANs `sans` and the subject CN `node1`.
+fn node1_params(sans: Vec<String>) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "node1");
+    params
 }
 
 #[test]
@@ -79,9 +104,8 @@ fn create_ca_and_certs_write_pem_files_with_private_keys_0600() {
 
 #[test]
 fn create_refuses_to_overwrite_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca) = with_ca();
     let dir = tmp.path();
-    let ca = tls::create_ca(dir, CA_DAYS).unwrap();
     let ca_before = (fs::read(&ca.cert).unwrap(), fs::read(&ca.key).unwrap());
 
     let again = tls::create_ca(dir, CA_DAYS).unwrap_err();
@@ -146,8 +170,7 @@ fn create_cert_without_ca_fails() {
 
 #[test]
 fn create_cert_validates_its_inputs() {
-    let tmp = tempfile::tempdir().unwrap();
-    tls::create_ca(tmp.path(), CA_DAYS).unwrap();
+    let (tmp, _ca) = with_ca();
     let bad = [
         CertRequest::new(Role::Server, "dc 1", "node1", "a"),
         CertRequest::new(Role::Server, "", "node1", "b"),
@@ -180,9 +203,8 @@ fn create_cert_validates_its_inputs() {
 
 #[test]
 fn identity_is_read_from_server_and_client_certs() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca) = with_ca();
     let dir = tmp.path();
-    let ca = tls::create_ca(dir, CA_DAYS).unwrap();
     // A node name that is not a DNS label still works: the CN is the source of truth.
     let server = tls::create_cert(
         dir,
@@ -193,25 +215,11 @@ fn identity_is_read_from_server_and_client_certs() {
         tls::create_cert(dir, &CertRequest::new(Role::Client, "dc2", "web-7", "c")).unwrap();
 
     let server_id = tls::identity_from_cert(&first_cert(&server.cert)).unwrap();
-    assert_eq!(
-        server_id,
-        PeerIdentity {
-            role: Role::Server,
-            dc: "eu_west-1".into(),
-            node: "db_1.prod".into()
-        }
-    );
+    assert_eq!(server_id, identity(Role::Server, "eu_west-1", "db_1.prod"));
     assert_eq!(server_id.to_string(), "server db_1.prod (eu_west-1)");
     assert!(server_id.is_server_of("eu_west-1"));
     let client_id = tls::identity_from_cert(&first_cert(&client.cert)).unwrap();
-    assert_eq!(
-        client_id,
-        PeerIdentity {
-            role: Role::Client,
-            dc: "dc2".into(),
-            node: "web-7".into()
-        }
-    );
+    assert_eq!(client_id, identity(Role::Client, "dc2", "web-7"));
     assert!(!client_id.is_server_of("dc2"));
 
     let material = TlsMaterial::load(&ca.cert, &client.cert, &client.key).unwrap();
@@ -226,12 +234,7 @@ fn identity_is_read_from_server_and_client_certs() {
 fn identity_requires_exactly_one_identity_san() {
     let make = |sans: Vec<String>| {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(sans).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "node1");
-        params.self_signed(&key).unwrap().der().clone()
+        node1_params(sans).self_signed(&key).unwrap().der().clone()
     };
     assert!(tls::identity_from_cert(&make(vec!["server.dc1.agent".into()])).is_ok());
     for sans in [
@@ -264,18 +267,13 @@ fn load_rejects_a_cert_from_another_ca() {
 
 #[test]
 fn load_rejects_a_cert_without_an_identity_san() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca) = with_ca();
     let dir = tmp.path();
-    let ca = tls::create_ca(dir, CA_DAYS).unwrap();
     let ca_key = rcgen::KeyPair::from_pem(&fs::read_to_string(&ca.key).unwrap()).unwrap();
     let issuer =
         rcgen::Issuer::from_ca_cert_pem(&fs::read_to_string(&ca.cert).unwrap(), ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["node1.example.com".to_owned()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "node1");
+    let mut params = node1_params(vec!["node1.example.com".to_owned()]);
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -292,9 +290,8 @@ fn load_rejects_a_cert_without_an_identity_san() {
 
 #[test]
 fn load_rejects_a_key_that_does_not_match_the_cert() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca) = with_ca();
     let dir = tmp.path();
-    let ca = tls::create_ca(dir, CA_DAYS).unwrap();
     let a = tls::create_cert(dir, &CertRequest::new(Role::Server, "dc1", "a", "a")).unwrap();
     let b = tls::create_cert(dir, &CertRequest::new(Role::Server, "dc1", "b", "b")).unwrap();
 
@@ -305,9 +302,8 @@ fn load_rejects_a_key_that_does_not_match_the_cert() {
 
 #[test]
 fn load_reports_missing_and_non_pem_files() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca) = with_ca();
     let dir = tmp.path();
-    let ca = tls::create_ca(dir, CA_DAYS).unwrap();
     let node = tls::create_cert(dir, &CertRequest::new(Role::Server, "dc1", "n", "n")).unwrap();
 
     let missing = dir.join("missing.pem");
@@ -330,11 +326,7 @@ fn dev_material_is_a_usable_server_identity() {
     let material = tls::dev_material("dc1", "dev-node").unwrap();
     assert_eq!(
         material.identity(),
-        &PeerIdentity {
-            role: Role::Server,
-            dc: "dc1".into(),
-            node: "dev-node".into()
-        }
+        &identity(Role::Server, "dc1", "dev-node")
     );
     material.quinn_server_config(tls::ALPN_LAN).unwrap();
     material.quinn_client_config(tls::ALPN_LAN).unwrap();

@@ -79,6 +79,38 @@ fn start_with(config: TransportConfig, tls: &TlsMaterial) -> Node {
     }
 }
 
+/// A fresh CA and two servers of dc1 from it, `a` and `b`.
+fn two_servers() -> (Pki, Node, Node) {
+    let pki = Pki::new();
+    let a = start(&pki.issue(Role::Server, "a"));
+    let b = start(&pki.issue(Role::Server, "b"));
+    (pki, a, b)
+}
+
+/// The identity of `node` in dc1.
+fn dc1(role: Role, node: &str) -> PeerIdentity {
+    PeerIdentity {
+        role,
+        dc: "dc1".into(),
+        node: node.into(),
+    }
+}
+
+async fn send(from: &Node, to: SocketAddr, payload: Bytes) {
+    from.transport.send_datagram(to, payload).await.unwrap();
+}
+
+async fn call_err(from: &Node, to: SocketAddr, request: Bytes) -> TransportError {
+    from.transport.call(to, request).await.unwrap_err()
+}
+
+fn assert_frame_too_large(err: &TransportError, len: usize, max: usize) {
+    assert!(
+        matches!(err, TransportError::FrameTooLarge { len: l, max: m } if *l == len && *m == max),
+        "{err}"
+    );
+}
+
 async fn next_datagram(rx: &mut DatagramReceiver) -> Datagram {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -99,31 +131,16 @@ async fn echo_ok(from: &Node, to: &Node, body: &'static str) -> PeerIdentity {
 #[tokio::test]
 async fn datagrams_flow_both_ways_with_the_senders_identity() {
     bounded(async {
-        let pki = Pki::new();
-        let mut a = start(&pki.issue(Role::Server, "a"));
-        let mut b = start(&pki.issue(Role::Server, "b"));
+        let (_pki, mut a, mut b) = two_servers();
 
-        a.transport
-            .send_datagram(b.addr, Bytes::from_static(b"ping"))
-            .await
-            .unwrap();
+        send(&a, b.addr, Bytes::from_static(b"ping")).await;
         let got = next_datagram(&mut b.datagrams).await;
         assert_eq!(got.payload, "ping");
-        assert_eq!(
-            got.from,
-            PeerIdentity {
-                role: Role::Server,
-                dc: "dc1".into(),
-                node: "a".into()
-            }
-        );
+        assert_eq!(got.from, dc1(Role::Server, "a"));
         assert_eq!(got.addr, a.addr);
 
         // The reply goes back over the connection that b done.
-        b.transport
-            .send_datagram(got.addr, Bytes::from_static(b"pong"))
-            .await
-            .unwrap();
+        send(&b, got.addr, Bytes::from_static(b"pong")).await;
         let got = next_datagram(&mut a.datagrams).await;
         assert_eq!(got.payload, "pong");
         assert_eq!(got.from.node, "b");
@@ -144,20 +161,11 @@ async fn datagrams_flow_both_ways_with_the_senders_identity() {
 #[tokio::test]
 async fn rpc_works_both_ways_and_the_handler_sees_the_caller() {
     bounded(async {
-        let pki = Pki::new();
-        let a = start(&pki.issue(Role::Server, "a"));
-        let b = start(&pki.issue(Role::Server, "b"));
+        let (_pki, a, b) = two_servers();
 
         assert_eq!(echo_ok(&a, &b, "hello").await.node, "b");
         assert_eq!(echo_ok(&b, &a, "hi back").await.node, "a");
-        assert_eq!(
-            b.echo.callers(),
-            vec![PeerIdentity {
-                role: Role::Server,
-                dc: "dc1".into(),
-                node: "a".into()
-            }]
-        );
+        assert_eq!(b.echo.callers(), vec![dc1(Role::Server, "a")]);
         assert_eq!(a.echo.callers().len(), 1);
         assert_eq!(a.echo.callers()[0].node, "b");
 
@@ -212,27 +220,19 @@ async fn a_closure_can_serve_rpc() {
 #[tokio::test]
 async fn a_datagram_larger_than_a_quic_datagram_goes_on_a_stream() {
     bounded(async {
-        let pki = Pki::new();
-        let a = start(&pki.issue(Role::Server, "a"));
-        let mut b = start(&pki.issue(Role::Server, "b"));
+        let (_pki, a, mut b) = two_servers();
 
         let big: Bytes = (0..20_000u32)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()
             .into();
-        a.transport
-            .send_datagram(b.addr, big.clone())
-            .await
-            .unwrap();
+        send(&a, b.addr, big.clone()).await;
         let got = next_datagram(&mut b.datagrams).await;
         assert_eq!(got.payload, big);
         assert_eq!(got.from.node, "a");
         assert_eq!(a.transport.stats().datagrams_sent_on_stream, 1);
 
-        a.transport
-            .send_datagram(b.addr, Bytes::from_static(b"small"))
-            .await
-            .unwrap();
+        send(&a, b.addr, Bytes::from_static(b"small")).await;
         assert_eq!(next_datagram(&mut b.datagrams).await.payload, "small");
         assert_eq!(a.transport.stats().datagrams_sent_on_stream, 1);
         assert_eq!(a.transport.stats().datagrams_sent, 2);
@@ -249,18 +249,10 @@ async fn a_peer_with_another_cas_certificate_is_refused() {
         let rogue = start(&other.issue(Role::Server, "rogue"));
 
         // Neither side trusts the other.
-        let err = rogue
-            .transport
-            .call(good.addr, Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, TransportError::Dial { .. }), "{err}");
-        let err = good
-            .transport
-            .call(rogue.addr, Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, TransportError::Dial { .. }), "{err}");
+        for (from, to) in [(&rogue, &good), (&good, &rogue)] {
+            let err = call_err(from, to.addr, Bytes::from_static(b"x")).await;
+            assert!(matches!(err, TransportError::Dial { .. }), "{err}");
+        }
 
         // The rogue trusts our CA too, so only our side's check of its client
         // certificate can stop it.
@@ -272,11 +264,7 @@ async fn a_peer_with_another_cas_certificate_is_refused() {
         .concat();
         std::fs::write(&both, ca_pem).unwrap();
         let sneaky = start(&other.issue_trusting(Role::Server, "dc1", "sneaky", &both));
-        let err = sneaky
-            .transport
-            .call(good.addr, Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
+        let err = call_err(&sneaky, good.addr, Bytes::from_static(b"x")).await;
         assert!(
             matches!(
                 err,
@@ -295,11 +283,7 @@ async fn a_peer_with_another_cas_certificate_is_refused() {
         // The good endpoint still works.
         let friend = start(&pki.issue(Role::Server, "friend"));
         assert_eq!(echo_ok(&friend, &good, "still here").await.node, "good");
-        friend
-            .transport
-            .send_datagram(good.addr, Bytes::from_static(b"hello"))
-            .await
-            .unwrap();
+        send(&friend, good.addr, Bytes::from_static(b"hello")).await;
         let got = next_datagram(&mut good.datagrams).await;
         assert_eq!(
             (got.from.node.as_str(), got.payload.as_ref()),
@@ -318,30 +302,12 @@ async fn a_client_certificate_is_seen_as_a_client() {
         let client = start(&pki.issue(Role::Client, "cli"));
 
         let peer = echo_ok(&client, &server, "who am i").await;
-        assert_eq!(
-            peer,
-            PeerIdentity {
-                role: Role::Server,
-                dc: "dc1".into(),
-                node: "srv".into()
-            }
-        );
+        assert_eq!(peer, dc1(Role::Server, "srv"));
         let callers = server.echo.callers();
-        assert_eq!(
-            callers,
-            vec![PeerIdentity {
-                role: Role::Client,
-                dc: "dc1".into(),
-                node: "cli".into()
-            }]
-        );
+        assert_eq!(callers, vec![dc1(Role::Client, "cli")]);
         assert!(!callers[0].is_server_of("dc1"));
 
-        client
-            .transport
-            .send_datagram(server.addr, Bytes::from_static(b"g"))
-            .await
-            .unwrap();
+        send(&client, server.addr, Bytes::from_static(b"g")).await;
         assert_eq!(
             next_datagram(&mut server.datagrams).await.from.role,
             Role::Client
@@ -370,54 +336,19 @@ async fn oversized_frames_are_refused_by_the_sender() {
         let a = start_with(small, &pki.issue(Role::Server, "a"));
         let b = start(&pki.issue(Role::Server, "b"));
 
-        let err = a
-            .transport
-            .call(b.addr, Bytes::from(vec![0u8; 1025]))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TransportError::FrameTooLarge {
-                    len: 1025,
-                    max: 1024
-                }
-            ),
-            "{err}"
-        );
+        let err = call_err(&a, b.addr, Bytes::from(vec![0u8; 1025])).await;
+        assert_frame_too_large(&err, 1025, 1024);
         let err = a
             .transport
             .send_datagram(b.addr, Bytes::from(vec![0u8; 2000]))
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TransportError::FrameTooLarge {
-                    len: 2000,
-                    max: 1024
-                }
-            ),
-            "{err}"
-        );
+        assert_frame_too_large(&err, 2000, 1024);
         assert_eq!(a.transport.stats().connections, 0, "nothing was sent");
 
         // A reply above the caller's limit is refused by the caller.
-        let err = a
-            .transport
-            .call(b.addr, Bytes::from(vec![7u8; 1020]))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TransportError::FrameTooLarge {
-                    len: 1026,
-                    max: 1024
-                }
-            ),
-            "{err}"
-        );
+        let err = call_err(&a, b.addr, Bytes::from(vec![7u8; 1020])).await;
+        assert_frame_too_large(&err, 1026, 1024);
         assert_eq!(echo_ok(&a, &b, "fits").await.node, "b");
     })
     .await;
@@ -432,11 +363,7 @@ async fn oversized_frames_are_refused_by_the_receiver() {
         let mut b = start_with(small, &pki.issue(Role::Server, "b"));
         let a = start(&pki.issue(Role::Server, "a"));
 
-        let err = a
-            .transport
-            .call(b.addr, Bytes::from(vec![0u8; 4096]))
-            .await
-            .unwrap_err();
+        let err = call_err(&a, b.addr, Bytes::from(vec![0u8; 4096])).await;
         assert!(
             matches!(err, TransportError::FrameRefused { addr } if addr == b.addr),
             "{err}"
@@ -445,14 +372,8 @@ async fn oversized_frames_are_refused_by_the_receiver() {
         assert!(b.echo.callers().is_empty());
 
         // A stream datagram above the receiver's limit is dropped, not delivered.
-        a.transport
-            .send_datagram(b.addr, Bytes::from(vec![1u8; 4096]))
-            .await
-            .unwrap();
-        a.transport
-            .send_datagram(b.addr, Bytes::from_static(b"after"))
-            .await
-            .unwrap();
+        send(&a, b.addr, Bytes::from(vec![1u8; 4096])).await;
+        send(&a, b.addr, Bytes::from_static(b"after")).await;
         assert_eq!(next_datagram(&mut b.datagrams).await.payload, "after");
 
         // Same connection, still serving.
@@ -564,14 +485,8 @@ async fn wait_until(mut condition: impl FnMut() -> bool) {
 #[tokio::test]
 async fn a_remote_handler_error_surfaces_as_remote() {
     bounded(async {
-        let pki = Pki::new();
-        let a = start(&pki.issue(Role::Server, "a"));
-        let b = start(&pki.issue(Role::Server, "b"));
-        let err = a
-            .transport
-            .call(b.addr, Bytes::from_static(b"fail"))
-            .await
-            .unwrap_err();
+        let (_pki, a, b) = two_servers();
+        let err = call_err(&a, b.addr, Bytes::from_static(b"fail")).await;
         assert!(
             matches!(&err, TransportError::Remote(m) if m == "handler failed on purpose"),
             "{err}"
@@ -611,11 +526,7 @@ async fn a_failed_dial_backs_off_and_fails_fast() {
         assert!(started.elapsed() < Duration::from_secs(2));
 
         let started = tokio::time::Instant::now();
-        let err = a
-            .transport
-            .call(dead, Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
+        let err = call_err(&a, dead, Bytes::from_static(b"x")).await;
         assert!(
             matches!(err, TransportError::Backoff { addr, .. } if addr == dead),
             "{err}"
@@ -629,9 +540,7 @@ async fn a_failed_dial_backs_off_and_fails_fast() {
 #[tokio::test]
 async fn concurrent_first_calls_share_one_connection() {
     bounded(async {
-        let pki = Pki::new();
-        let a = start(&pki.issue(Role::Server, "a"));
-        let b = start(&pki.issue(Role::Server, "b"));
+        let (_pki, a, b) = two_servers();
         let done = Arc::new(AtomicUsize::new(0));
         let calls = (0..16).map(|_| {
             let t = a.transport.clone();

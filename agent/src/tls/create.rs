@@ -97,13 +97,10 @@ pub fn create_ca(dir: &Path, days: u32) -> Result<CaFiles, TlsError> {
         key: dir.join(CA_KEY_FILE),
     };
     refuse_existing(&[&files.cert, &files.key])?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = new_key()?;
     let cert = ca_params(days)?.self_signed(&key)?;
     create_dir(dir)?;
-    write_new_files(&[
-        (&files.cert, cert.pem(), PUBLIC_MODE),
-        (&files.key, key.serialize_pem(), PRIVATE_MODE),
-    ])?;
+    write_cert_and_key(&files.cert, &cert, &files.key, &key)?;
     Ok(files)
 }
 
@@ -124,12 +121,9 @@ pub fn create_cert(dir: &Path, req: &CertRequest) -> Result<CertFiles, TlsError>
     };
     let issuer = load_issuer(dir)?;
     refuse_existing(&[&files.cert, &files.key])?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = new_key()?;
     let cert = leaf_params(req.role, &req.dc, &req.node, req.days)?.signed_by(&key, &issuer)?;
-    write_new_files(&[
-        (&files.cert, cert.pem(), PUBLIC_MODE),
-        (&files.key, key.serialize_pem(), PRIVATE_MODE),
-    ])?;
+    write_cert_and_key(&files.cert, &cert, &files.key, &key)?;
     Ok(files)
 }
 
@@ -138,11 +132,11 @@ pub fn create_cert(dir: &Path, req: &CertRequest) -> Result<CertFiles, TlsError>
 pub fn dev_material(dc: &str, node: &str) -> Result<TlsMaterial, TlsError> {
     validate_dc(dc)?;
     validate_node(node)?;
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let ca_key = new_key()?;
     let ca_params = ca_params(CA_DAYS)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = new_key()?;
     let cert = leaf_params(Role::Server, dc, node, LEAF_DAYS)?.signed_by(&key, &issuer)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let memory = Path::new("<dev certificate in memory>");
@@ -197,18 +191,31 @@ fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime), TlsError> {
     Ok((now - BACKDATE, not_after))
 }
 
-fn ca_params(days: u32) -> Result<CertificateParams, TlsError> {
-    let mut params = CertificateParams::default();
+/// A new key pair: every key of the mesh is ECDSA P-256.
+fn new_key() -> Result<KeyPair, TlsError> {
+    Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
+}
+
+/// Parameters with the SANs `names`, the subject CN `common_name`, valid for `days` days
+/// (see [`validity`]); the caller adds what makes it a CA or a node certificate.
+fn named_params(
+    names: Vec<String>,
+    common_name: impl Into<String>,
+    days: u32,
+) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(names)?;
     let (not_before, not_after) = validity(days)?;
     params.not_before = not_before;
     params.not_after = not_after;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
     let mut name = DistinguishedName::new();
-    name.push(
-        DnType::CommonName,
-        format!("Agent mesh CA {}", &suffix[..8]),
-    );
+    name.push(DnType::CommonName, common_name.into());
     params.distinguished_name = name;
+    Ok(params)
+}
+
+fn ca_params(days: u32) -> Result<CertificateParams, TlsError> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let mut params = named_params(Vec::new(), format!("Agent mesh CA {}", &suffix[..8]), days)?;
     // The CA signs node certificates only, never another CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -228,13 +235,7 @@ fn leaf_params(role: Role, dc: &str, node: &str, days: u32) -> Result<Certificat
         names.push("localhost".into());
         names.push("127.0.0.1".into());
     }
-    let mut params = CertificateParams::new(names)?;
-    let (not_before, not_after) = validity(days)?;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, node);
-    params.distinguished_name = name;
+    let mut params = named_params(names, node, days)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -337,9 +338,22 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// Writes a new certificate (mode 0644) and its private key (mode 0600), all or nothing.
+fn write_cert_and_key(
+    cert_path: &Path,
+    cert: &rcgen::Certificate,
+    key_path: &Path,
+    key: &KeyPair,
+) -> Result<(), TlsError> {
+    write_new_files(&[
+        (cert_path, cert.pem(), PUBLIC_MODE),
+        (key_path, key.serialize_pem(), PRIVATE_MODE),
+    ])
+}
+
 /// Writes each `(path, contents, mode)` to a new file; on any failure removes the files
 /// this call created and returns the error.
-fn write_new_files(files: &[(&PathBuf, String, u32)]) -> Result<(), TlsError> {
+fn write_new_files(files: &[(&Path, String, u32)]) -> Result<(), TlsError> {
     let mut created: Vec<&Path> = Vec::with_capacity(files.len());
     for (path, contents, mode) in files {
         let result = write_new_file(path, contents.as_bytes(), *mode, &mut created);

@@ -61,30 +61,9 @@ const SAN_DOMAIN: &str = "agent";
 const MAX_DC_LEN: usize = 63;
 const MAX_NODE_LEN: usize = 128;
 
-/// Whether an agent is a Raft server or a client of the servers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// A Raft server of its datacenter.
-    Server,
-    /// Any other agent.
-    Client,
-}
-
-impl Role {
-    /// The lowercase name used in certificate SANs (`server`, `client`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Whether an agent is a Raft server or a client of the servers: the same role that the
+/// agent gossips, so a certificate and a membership entry name it with one type.
+pub use membership::Role;
 
 /// Who is at the other end of a connection, as certified by the cluster CA.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

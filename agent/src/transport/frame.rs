@@ -86,7 +86,12 @@ pub(super) async fn write_frame(
     let mut chunks = Vec::with_capacity(parts.len() + 1);
     chunks.push(Bytes::copy_from_slice(&len.to_be_bytes()));
     chunks.extend(parts);
-    send.write_all_chunks(&mut chunks).await?;
+    write_and_finish(send, &mut chunks).await
+}
+
+/// Writes `chunks` and finishes the stream.
+async fn write_and_finish(send: &mut SendStream, chunks: &mut [Bytes]) -> Result<(), WriteError> {
+    send.write_all_chunks(chunks).await?;
     // Only fails if the stream was already finished or reset: nothing left to do then.
     let _ = send.finish();
     Ok(())
@@ -165,12 +170,9 @@ pub(super) async fn write_uni_datagram(
 ) -> Result<(), StreamSendError> {
     let mut send = conn.open_uni().await.map_err(StreamSendError::Connection)?;
     let mut chunks = [Bytes::from_static(&[STREAM_DATAGRAM]), payload];
-    send.write_all_chunks(&mut chunks)
+    write_and_finish(&mut send, &mut chunks)
         .await
-        .map_err(StreamSendError::Write)?;
-    // Only fails if the stream was already finished or reset.
-    let _ = send.finish();
-    Ok(())
+        .map_err(StreamSendError::Write)
 }
 
 #[derive(Debug)]

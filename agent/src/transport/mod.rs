@@ -456,13 +456,7 @@ impl Transport {
         to: SocketAddr,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        let max = self.inner.config.max_frame_len;
-        if payload.len() > max {
-            return Err(TransportError::FrameTooLarge {
-                len: payload.len(),
-                max,
-            });
-        }
+        self.check_frame_len(payload.len())?;
         let send = async {
             let mut retried = false;
             loop {
@@ -474,11 +468,7 @@ impl Transport {
                 }
             }
         };
-        tokio::select! {
-            biased;
-            () = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
-            result = send => result,
-        }
+        self.unless_shut_down(send).await
     }
 
     /// Like [`send_datagram`](Self::send_datagram) without waiting: sends at once on a
@@ -524,21 +514,17 @@ impl Transport {
         request: Bytes,
         timeout: Duration,
     ) -> Result<RpcReply, TransportError> {
-        let max = self.inner.config.max_frame_len;
-        if request.len() > max {
-            return Err(TransportError::FrameTooLarge {
-                len: request.len(),
-                max,
-            });
-        }
+        self.check_frame_len(request.len())?;
         bump(&self.inner.counters.rpc_calls);
-        tokio::select! {
-            biased;
-            () = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
-            result = tokio::time::timeout(timeout, self.call_once(to, request)) => {
-                result.unwrap_or(Err(TransportError::Timeout { addr: to, after: timeout }))
-            }
-        }
+        self.unless_shut_down(async {
+            tokio::time::timeout(timeout, self.call_once(to, request))
+                .await
+                .unwrap_or(Err(TransportError::Timeout {
+                    addr: to,
+                    after: timeout,
+                }))
+        })
+        .await
     }
 
     /// Stops accepting, closes every connection (peers are told), and waits for all
@@ -552,6 +538,28 @@ impl Transport {
         drop(inner.peers.clear());
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
         debug!(addr = %inner.local_addr, "QUIC endpoint shut down");
+    }
+
+    /// Refuses a request or datagram above [`TransportConfig::max_frame_len`] before
+    /// anything is sent.
+    fn check_frame_len(&self, len: usize) -> Result<(), TransportError> {
+        let max = self.inner.config.max_frame_len;
+        if len > max {
+            return Err(TransportError::FrameTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Runs `operation` unless the transport is (or gets) shut down first.
+    async fn unless_shut_down<T>(
+        &self,
+        operation: impl Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        tokio::select! {
+            biased;
+            () = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
+            result = operation => result,
+        }
     }
 
     async fn call_once(&self, to: SocketAddr, request: Bytes) -> Result<RpcReply, TransportError> {
@@ -603,14 +611,20 @@ impl Transport {
         }
     }
 
+    /// Forgets a connection found lost and reports it.
+    fn connection_lost(&self, peer: &PeerConn, source: quinn::ConnectionError) -> TransportError {
+        self.inner.peers.remove(peer);
+        TransportError::Connection {
+            addr: peer.addr,
+            source,
+        }
+    }
+
     fn write_error(&self, peer: &PeerConn, error: WriteError) -> TransportError {
         let addr = peer.addr;
         match error {
             WriteError::Stopped(error_code) => stream_refused(addr, error_code),
-            WriteError::ConnectionLost(source) => {
-                self.inner.peers.remove(peer);
-                TransportError::Connection { addr, source }
-            }
+            WriteError::ConnectionLost(source) => self.connection_lost(peer, source),
             other => TransportError::Stream {
                 addr,
                 reason: other.to_string(),
@@ -622,10 +636,7 @@ impl Transport {
         let addr = peer.addr;
         match error {
             quinn::ReadError::Reset(error_code) => stream_refused(addr, error_code),
-            quinn::ReadError::ConnectionLost(source) => {
-                self.inner.peers.remove(peer);
-                TransportError::Connection { addr, source }
-            }
+            quinn::ReadError::ConnectionLost(source) => self.connection_lost(peer, source),
             other => TransportError::Stream {
                 addr,
                 reason: other.to_string(),
@@ -650,8 +661,7 @@ impl Transport {
                     return Ok(());
                 }
                 Err(SendDatagramError::ConnectionLost(source)) => {
-                    self.inner.peers.remove(peer);
-                    return Err(TransportError::Connection { addr, source });
+                    return Err(self.connection_lost(peer, source));
                 }
                 // The path MTU shrank, or datagrams are off: use a stream.
                 Err(_) => {}
@@ -664,10 +674,7 @@ impl Transport {
                 bump(&self.inner.counters.datagrams_sent_on_stream);
                 Ok(())
             }
-            Ok(Err(StreamSendError::Connection(source))) => {
-                self.inner.peers.remove(peer);
-                Err(TransportError::Connection { addr, source })
-            }
+            Ok(Err(StreamSendError::Connection(source))) => Err(self.connection_lost(peer, source)),
             Ok(Err(StreamSendError::Write(error))) => Err(self.write_error(peer, error)),
             Err(_) => Err(TransportError::Stream {
                 addr,
@@ -710,39 +717,35 @@ impl Transport {
 
     async fn dial(&self, to: SocketAddr) -> Result<PeerConn, TransportError> {
         let inner = &self.inner;
-        let connecting = match inner.endpoint.connect(to, tls::SERVER_NAME) {
-            Ok(connecting) => connecting,
-            Err(error) => {
-                return Err(self.dial_failed(
-                    to,
-                    TransportError::Dial {
-                        addr: to,
-                        reason: error.to_string(),
-                    },
-                ));
-            }
-        };
-        let after = inner.config.dial_timeout;
-        let conn = match tokio::time::timeout(after, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => {
-                let reason = error.to_string();
-                return Err(self.dial_failed(to, TransportError::Dial { addr: to, reason }));
-            }
-            Err(_) => {
-                return Err(self.dial_failed(to, TransportError::DialTimeout { addr: to, after }));
-            }
-        };
-        let peer = match identify(conn, to) {
-            Ok(peer) => peer,
-            Err(error) => return Err(self.dial_failed(to, error)),
-        };
+        let peer = self
+            .handshake(to)
+            .await
+            .map_err(|error| self.dial_failed(to, error))?;
         debug!(%to, peer = %peer.identity, "connected");
         inner.peers.insert(peer.clone());
         inner
             .tasks
             .spawn(self.clone().serve_connection(peer.clone()));
         Ok(peer)
+    }
+
+    /// Connects to `to` within [`TransportConfig::dial_timeout`] and reads who answered.
+    async fn handshake(&self, to: SocketAddr) -> Result<PeerConn, TransportError> {
+        let dial_error = |error: &dyn fmt::Display| TransportError::Dial {
+            addr: to,
+            reason: error.to_string(),
+        };
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(to, tls::SERVER_NAME)
+            .map_err(|error| dial_error(&error))?;
+        let after = self.inner.config.dial_timeout;
+        let conn = tokio::time::timeout(after, connecting)
+            .await
+            .map_err(|_| TransportError::DialTimeout { addr: to, after })?
+            .map_err(|error| dial_error(&error))?;
+        identify(conn, to)
     }
 
     fn dial_failed(&self, to: SocketAddr, error: TransportError) -> TransportError {

@@ -41,6 +41,19 @@ struct State {
     backoff: HashMap<SocketAddr, Instant>,
 }
 
+impl State {
+    /// Keeps the connections to `addr` for which `keep` holds; an address left without
+    /// any is dropped from the map.
+    fn retain(&mut self, addr: SocketAddr, keep: impl FnMut(&PeerConn) -> bool) {
+        if let Some(conns) = self.conns.get_mut(&addr) {
+            conns.retain(keep);
+            if conns.is_empty() {
+                self.conns.remove(&addr);
+            }
+        }
+    }
+}
+
 impl Peers {
     fn state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (no multi-step updates), so a
@@ -51,13 +64,8 @@ impl Peers {
     /// A live connection to `addr`, dropping closed ones from the cache.
     pub(super) fn live(&self, addr: SocketAddr) -> Option<PeerConn> {
         let mut state = self.state();
-        let conns = state.conns.get_mut(&addr)?;
-        conns.retain(PeerConn::is_live);
-        let found = conns.first().cloned();
-        if conns.is_empty() {
-            state.conns.remove(&addr);
-        }
-        found
+        state.retain(addr, PeerConn::is_live);
+        state.conns.get(&addr)?.first().cloned()
     }
 
     pub(super) fn insert(&self, peer: PeerConn) {
@@ -68,14 +76,8 @@ impl Peers {
 
     /// Forgets one connection (by its stable id).
     pub(super) fn remove(&self, peer: &PeerConn) {
-        let mut state = self.state();
-        if let Some(conns) = state.conns.get_mut(&peer.addr) {
-            let id = peer.conn.stable_id();
-            conns.retain(|c| c.conn.stable_id() != id);
-            if conns.is_empty() {
-                state.conns.remove(&peer.addr);
-            }
-        }
+        let id = peer.conn.stable_id();
+        self.state().retain(peer.addr, |c| c.conn.stable_id() != id);
     }
 
     /// Forgets every connection to `addr` and returns them.

@@ -322,12 +322,27 @@ fn commit_batch(
 #[derive(Clone)]
 pub(crate) struct LogReader {
     db: LogDb,
+    /// First index that reads may return (the one after the purge point).
     floor: Arc<AtomicU64>,
+}
+
+impl LogReader {
+    /// The entries in `range` that are not purged, stopping before they exceed
+    /// `max_bytes` (at least one entry).
+    fn entries<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let floor = self.floor.load(Ordering::Acquire);
+        self.db.read_range(range, floor, max_bytes)
+    }
 }
 
 /// The Raft log store. Owned by openraft's core task.
 pub(crate) struct LogStore {
-    db: LogDb,
+    /// The log and the floor of reads, shared with the [`LogReader`]s handed out.
+    reader: LogReader,
     ops: mpsc::Sender<Op>,
     committed_slot: CommittedSlot,
     counters: Arc<Counters>,
@@ -339,8 +354,6 @@ pub(crate) struct LogStore {
     durable_purged: Option<LogId<NodeId>>,
     /// The last entry on disk.
     last_entry: Option<LogId<NodeId>>,
-    /// First index that reads may return (the one after `last_purged`).
-    floor: Arc<AtomicU64>,
     durability: watch::Receiver<Durability>,
 }
 
@@ -376,7 +389,10 @@ impl LogStore {
                 .spawn(move || writer_loop(db, rx, slot, counters))?;
         }
         Ok(LogStore {
-            db,
+            reader: LogReader {
+                db,
+                floor: Arc::new(AtomicU64::new(next_index(last_purged))),
+            },
             ops,
             committed_slot,
             counters,
@@ -385,19 +401,18 @@ impl LogStore {
             last_purged,
             durable_purged: last_purged,
             last_entry,
-            floor: Arc::new(AtomicU64::new(next_index(last_purged))),
             durability,
         })
     }
 
     /// An event that fires once every handle on the log environment is dropped.
     pub(crate) fn closing_event(&self) -> heed::EnvClosingEvent {
-        self.db.env.clone().prepare_for_closing()
+        self.reader.db.env.clone().prepare_for_closing()
     }
 
     /// A handle on the log environment, for watching its usage.
     pub(crate) fn env(&self) -> Env<WithoutTls> {
-        self.db.env.clone()
+        self.reader.db.env.clone()
     }
 
     pub(crate) fn metrics_handle(&self) -> LogMetricsHandle {
@@ -418,7 +433,7 @@ impl LogStore {
 
     /// Rereads the last entry on disk after entries were removed.
     fn refresh_last_entry(&mut self) -> Result<(), StoreError> {
-        self.last_entry = self.db.last_log_id()?;
+        self.last_entry = self.reader.db.last_log_id()?;
         Ok(())
     }
 
@@ -495,10 +510,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let floor = self.floor.load(Ordering::Acquire);
-        self.db
-            .read_range(range, floor, usize::MAX)
-            .map_err(read_logs_error)
+        self.entries(range, usize::MAX).map_err(read_logs_error)
     }
 
     /// Stops before the entries exceed [`MAX_APPEND_BYTES`] (at least one entry), so
@@ -508,9 +520,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let floor = self.floor.load(Ordering::Acquire);
-        self.db
-            .read_range(start..end, floor, MAX_APPEND_BYTES)
+        self.entries(start..end, MAX_APPEND_BYTES)
             .map_err(read_logs_error)
     }
 }
@@ -520,10 +530,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let floor = self.floor.load(Ordering::Acquire);
-        self.db
-            .read_range(range, floor, usize::MAX)
-            .map_err(read_logs_error)
+        self.reader.try_get_log_entries(range).await
     }
 
     async fn limited_get_log_entries(
@@ -531,10 +538,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let floor = self.floor.load(Ordering::Acquire);
-        self.db
-            .read_range(start..end, floor, MAX_APPEND_BYTES)
-            .map_err(read_logs_error)
+        self.reader.limited_get_log_entries(start, end).await
     }
 }
 
@@ -549,10 +553,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader {
-            db: self.db.clone(),
-            floor: self.floor.clone(),
-        }
+        self.reader.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -652,7 +653,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         self.last_purged = Some(log_id);
-        self.floor.store(log_id.index + 1, Ordering::Release);
+        self.reader.floor.store(log_id.index + 1, Ordering::Release);
         if self.snapshot_durable(log_id.index) {
             self.purge_on_disk(log_id).await
         } else {
@@ -777,16 +778,10 @@ mod tests {
 
     /// Opens the log in `dir`, waiting for a previous instance's writer to let go.
     async fn reopen(dir: &Path) -> LogStore {
-        for _ in 0..100 {
-            match LogStore::open(dir, TEST_MAP_SIZE, Durability::unbounded()) {
-                Ok(store) => return store,
-                Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("reopen failed: {e}"),
-            }
-        }
-        panic!("log environment never closed");
+        crate::store_tests::retry_open(|| {
+            LogStore::open(dir, TEST_MAP_SIZE, Durability::unbounded())
+        })
+        .await
     }
 
     #[tokio::test]
@@ -854,7 +849,7 @@ mod tests {
         let rest = reader.limited_get_log_entries(next, 21).await.unwrap();
         assert_eq!(rest[0].log_id.index, next);
         // One entry is returned even when it alone exceeds the budget.
-        let db = store.db.clone();
+        let db = store.reader.db.clone();
         assert_eq!(db.read_range(1..21, 0, 10).unwrap().len(), 1);
         assert_eq!(reader.try_get_log_entries(1..21).await.unwrap().len(), 20);
     }

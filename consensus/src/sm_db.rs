@@ -18,6 +18,7 @@ use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
 use openraft::{LogId, StoredMembership};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -84,11 +85,33 @@ impl SmDb {
         Tables { db: self, txn }
     }
 
-    pub(crate) fn applied(&self, txn: &RoTxn) -> Result<Option<LogId<NodeId>>, StoreError> {
-        match self.meta.get(txn, META_APPLIED)? {
+    /// The value stored under the meta key `key`, or the type's default when there is
+    /// none.
+    fn meta_value<T: DeserializeOwned + Default>(
+        &self,
+        txn: &RoTxn,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        match self.meta.get(txn, key)? {
             Some(bytes) => Ok(postcard::from_bytes(bytes)?),
-            None => Ok(None),
+            None => Ok(T::default()),
         }
+    }
+
+    /// Stores `value` under the meta key `key`.
+    fn put_meta_value<T: Serialize + ?Sized>(
+        &self,
+        txn: &mut RwTxn,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(value)?;
+        self.meta.put(txn, key, &bytes)?;
+        Ok(())
+    }
+
+    pub(crate) fn applied(&self, txn: &RoTxn) -> Result<Option<LogId<NodeId>>, StoreError> {
+        self.meta_value(txn, META_APPLIED)
     }
 
     /// Last log id of the last snapshot installed into this state machine.
@@ -96,10 +119,7 @@ impl SmDb {
         &self,
         txn: &RoTxn,
     ) -> Result<Option<LogId<NodeId>>, StoreError> {
-        match self.meta.get(txn, META_INSTALLED)? {
-            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
-            None => Ok(None),
-        }
+        self.meta_value(txn, META_INSTALLED)
     }
 
     pub(crate) fn set_installed_snapshot(
@@ -107,19 +127,14 @@ impl SmDb {
         txn: &mut RwTxn,
         last_log_id: &Option<LogId<NodeId>>,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(last_log_id)?;
-        self.meta.put(txn, META_INSTALLED, &bytes)?;
-        Ok(())
+        self.put_meta_value(txn, META_INSTALLED, last_log_id)
     }
 
     pub(crate) fn membership(
         &self,
         txn: &RoTxn,
     ) -> Result<StoredMembership<NodeId, ServerNode>, StoreError> {
-        match self.meta.get(txn, META_MEMBERSHIP)? {
-            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
-            None => Ok(StoredMembership::default()),
-        }
+        self.meta_value(txn, META_MEMBERSHIP)
     }
 
     pub(crate) fn set_applied(
@@ -127,9 +142,7 @@ impl SmDb {
         txn: &mut RwTxn,
         applied: &Option<LogId<NodeId>>,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(applied)?;
-        self.meta.put(txn, META_APPLIED, &bytes)?;
-        Ok(())
+        self.put_meta_value(txn, META_APPLIED, applied)
     }
 
     pub(crate) fn set_membership(
@@ -137,9 +150,7 @@ impl SmDb {
         txn: &mut RwTxn,
         membership: &StoredMembership<NodeId, ServerNode>,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(membership)?;
-        self.meta.put(txn, META_MEMBERSHIP, &bytes)?;
-        Ok(())
+        self.put_meta_value(txn, META_MEMBERSHIP, membership)
     }
 
     /// Empties every table, for installing a snapshot.
@@ -208,30 +219,20 @@ impl SmDb {
     }
 
     pub(crate) fn kv_index(&self, txn: &RoTxn) -> Result<u64, StoreError> {
-        match self.meta.get(txn, META_KV_INDEX)? {
-            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
-            None => Ok(0),
-        }
+        self.meta_value(txn, META_KV_INDEX)
     }
 
     pub(crate) fn set_kv_index(&self, txn: &mut RwTxn, index: u64) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(&index)?;
-        self.meta.put(txn, META_KV_INDEX, &bytes)?;
-        Ok(())
+        self.put_meta_value(txn, META_KV_INDEX, &index)
     }
 
     /// The largest index of a reaped tombstone (0 if none).
     pub(crate) fn reaped_floor(&self, txn: &RoTxn) -> Result<u64, StoreError> {
-        match self.meta.get(txn, META_REAPED)? {
-            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
-            None => Ok(0),
-        }
+        self.meta_value(txn, META_REAPED)
     }
 
     pub(crate) fn set_reaped_floor(&self, txn: &mut RwTxn, floor: u64) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(&floor)?;
-        self.meta.put(txn, META_REAPED, &bytes)?;
-        Ok(())
+        self.put_meta_value(txn, META_REAPED, &floor)
     }
 
     fn reap_tombstones(&self, txn: &mut RwTxn, up_to: u64) -> Result<(u64, u64), StoreError> {
@@ -352,73 +353,48 @@ fn view_scan_indexes(
     })
 }
 
-impl KvView for View<'_, '_> {
-    fn entry(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        self.db.entry(self.txn, key)
-    }
+/// Implements [`KvView`] for a type with the fields `db: &SmDb` and `txn` (a read or a
+/// write transaction): [`View`] and [`Tables`] read the tables the same way.
+macro_rules! impl_kv_view {
+    ($ty:ty) => {
+        impl KvView for $ty {
+            fn entry(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+                self.db.entry(self.txn, key)
+            }
 
-    fn scan(
-        &self,
-        prefix: &str,
-        visit: &mut dyn FnMut(KvEntry) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        view_scan(self.db, self.txn, prefix, visit)
-    }
+            fn scan(
+                &self,
+                prefix: &str,
+                visit: &mut dyn FnMut(KvEntry) -> ControlFlow<()>,
+            ) -> Result<(), StoreError> {
+                view_scan(self.db, self.txn, prefix, visit)
+            }
 
-    fn scan_indexes(
-        &self,
-        prefix: &str,
-        visit: &mut dyn FnMut(&str, u64),
-    ) -> Result<(), StoreError> {
-        view_scan_indexes(self.db, self.txn, prefix, visit)
-    }
+            fn scan_indexes(
+                &self,
+                prefix: &str,
+                visit: &mut dyn FnMut(&str, u64),
+            ) -> Result<(), StoreError> {
+                view_scan_indexes(self.db, self.txn, prefix, visit)
+            }
 
-    fn max_tombstone(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.db.max_tombstone(self.txn, prefix)
-    }
+            fn max_tombstone(&self, prefix: &str) -> Result<u64, StoreError> {
+                self.db.max_tombstone(self.txn, prefix)
+            }
 
-    fn table_index(&self) -> Result<u64, StoreError> {
-        self.db.kv_index(self.txn)
-    }
+            fn table_index(&self) -> Result<u64, StoreError> {
+                self.db.kv_index(self.txn)
+            }
 
-    fn reaped_floor(&self) -> Result<u64, StoreError> {
-        self.db.reaped_floor(self.txn)
-    }
+            fn reaped_floor(&self) -> Result<u64, StoreError> {
+                self.db.reaped_floor(self.txn)
+            }
+        }
+    };
 }
 
-impl KvView for Tables<'_, '_> {
-    fn entry(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        self.db.entry(self.txn, key)
-    }
-
-    fn scan(
-        &self,
-        prefix: &str,
-        visit: &mut dyn FnMut(KvEntry) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        view_scan(self.db, self.txn, prefix, visit)
-    }
-
-    fn scan_indexes(
-        &self,
-        prefix: &str,
-        visit: &mut dyn FnMut(&str, u64),
-    ) -> Result<(), StoreError> {
-        view_scan_indexes(self.db, self.txn, prefix, visit)
-    }
-
-    fn max_tombstone(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.db.max_tombstone(self.txn, prefix)
-    }
-
-    fn table_index(&self) -> Result<u64, StoreError> {
-        self.db.kv_index(self.txn)
-    }
-
-    fn reaped_floor(&self) -> Result<u64, StoreError> {
-        self.db.reaped_floor(self.txn)
-    }
-}
+impl_kv_view!(View<'_, '_>);
+impl_kv_view!(Tables<'_, '_>);
 
 impl KvTables for Tables<'_, '_> {
     fn put(&mut self, entry: &KvEntry) -> Result<(), StoreError> {

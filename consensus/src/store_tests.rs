@@ -94,6 +94,23 @@ fn dump(db: &SmDb) -> Dump {
     }
 }
 
+/// Builds a snapshot of what `sm` applied.
+async fn build(sm: &mut StateMachine) -> openraft::Snapshot<TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+/// Streams `data` into a snapshot file received by `sm`, as openraft does.
+async fn receive(sm: &mut StateMachine, mut data: Box<tokio::fs::File>) -> Box<tokio::fs::File> {
+    let mut received = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
+    received.shutdown().await.unwrap();
+    received
+}
+
 async fn populated() -> (TempDir, SmDb, StateMachine) {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut sm) = open_sm(dir.path()).unwrap();
@@ -130,12 +147,7 @@ async fn populated() -> (TempDir, SmDb, StateMachine) {
 #[tokio::test]
 async fn snapshot_install_reproduces_state() {
     let (_dir_a, db_a, mut sm_a) = populated().await;
-    let snapshot = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build(&mut sm_a).await;
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 8)));
 
     // Stream the data into a fresh node as openraft does: into a received file.
@@ -145,10 +157,7 @@ async fn snapshot_install_reproduces_state() {
         // Existing state on the receiver must be replaced, not merged.
         sm_b.apply(vec![entry(1, set("stale", "s"))]).await.unwrap();
     }
-    let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
-    let mut data = snapshot.snapshot;
-    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
-    received.shutdown().await.unwrap();
+    let received = receive(&mut sm_b, snapshot.snapshot).await;
     sm_b.install_snapshot(&snapshot.meta, received)
         .await
         .unwrap();
@@ -168,36 +177,17 @@ async fn snapshot_install_reproduces_state() {
     drop(db_b);
     let sm_dir = dir_b.path().join("sm");
     let snap_dir = dir_b.path().join("snapshots");
-    let reopened_db = reopen(&sm_dir).await;
+    let reopened_db = retry_open(|| SmDb::open(&sm_dir, MAP_SIZE)).await;
     let mut reopened = StateMachine::open(reopened_db.clone(), &snap_dir, MAP_SIZE as u64).unwrap();
     let current = reopened.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     assert_eq!(dump(&reopened_db), dump(&db_a));
 }
 
-/// Reopens an environment whose handles were just dropped.
-async fn reopen(dir: &Path) -> SmDb {
-    for _ in 0..100 {
-        match SmDb::open(dir, MAP_SIZE) {
-            Ok(db) => return db,
-            Err(StoreError::Lmdb(heed::Error::EnvAlreadyOpened)) => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("reopen failed: {e}"),
-        }
-    }
-    panic!("environment never closed");
-}
-
 #[tokio::test]
 async fn truncated_snapshot_is_rejected_and_changes_nothing() {
     let (_dir_a, _db_a, mut sm_a) = populated().await;
-    let snapshot = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build(&mut sm_a).await;
 
     let dir_b = tempfile::tempdir().unwrap();
     let (db_b, mut sm_b) = open_sm(dir_b.path()).unwrap();
@@ -223,7 +213,7 @@ async fn truncated_snapshot_is_rejected_and_changes_nothing() {
 
 /// Opens a store whose previous instance was just dropped, retrying while LMDB still
 /// holds the environment.
-async fn retry_open<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T {
+pub(crate) async fn retry_open<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T {
     for _ in 0..100 {
         match open() {
             Ok(store) => return store,
@@ -261,11 +251,7 @@ async fn follower_before_install(dir: &Path) -> (SmDb, StateMachine, LogStore) {
     // Persists the committed id too.
     log.blocking_append(sets(16..=20)).await.unwrap();
     sm.apply(sets(1..=10)).await.unwrap();
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build(&mut sm).await;
     log.purge(log_id(1, 1, 5)).await.unwrap();
     (db, sm, log)
 }
@@ -275,12 +261,7 @@ async fn leader_snapshot(last: u64) -> (TempDir, openraft::Snapshot<TypeConfig>)
     let dir = tempfile::tempdir().unwrap();
     let (_, mut sm) = open_sm(dir.path()).unwrap();
     sm.apply(sets(1..=last)).await.unwrap();
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build(&mut sm).await;
     (dir, snapshot)
 }
 
@@ -334,10 +315,7 @@ async fn append_after_a_deferred_purge_waits_for_the_snapshot() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(!append.is_finished(), "appended past a hole on disk");
 
-        let mut received = sm.begin_receiving_snapshot().await.unwrap();
-        let mut data = snapshot.snapshot;
-        tokio::io::copy(&mut *data, &mut *received).await.unwrap();
-        received.shutdown().await.unwrap();
+        let received = receive(&mut sm, snapshot.snapshot).await;
         sm.install_snapshot(&snapshot.meta, received).await.unwrap();
 
         let mut log = tokio::time::timeout(std::time::Duration::from_secs(5), append)
@@ -373,11 +351,7 @@ async fn snapshot_older_than_the_installed_state_is_rebuilt_at_open() {
     {
         let (db, mut sm) = open_sm(dir.path()).unwrap();
         sm.apply(sets(1..=1)).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build(&mut sm).await;
         // The install's transaction commits; the process dies before the rename.
         let mut file = (*snapshot.snapshot).into_std().await;
         std::io::Seek::rewind(&mut file).unwrap();
@@ -402,10 +376,7 @@ async fn oversized_snapshot_is_refused_before_copying() {
     sm.apply(sets(1..=1)).await.unwrap();
     let before = dump(&db);
 
-    let mut received = sm.begin_receiving_snapshot().await.unwrap();
-    let mut data = snapshot.snapshot;
-    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
-    received.shutdown().await.unwrap();
+    let received = receive(&mut sm, snapshot.snapshot).await;
     // A valid snapshot followed by a hole up to past the limit.
     received.set_len(MAP_SIZE as u64 + 1).await.unwrap();
     let err = sm
@@ -417,10 +388,7 @@ async fn oversized_snapshot_is_refused_before_copying() {
 
     // Data announced as another snapshot is refused too.
     let (_other_dir, other) = leader_snapshot(4).await;
-    let mut received = sm.begin_receiving_snapshot().await.unwrap();
-    let mut data = other.snapshot;
-    tokio::io::copy(&mut *data, &mut *received).await.unwrap();
-    received.shutdown().await.unwrap();
+    let received = receive(&mut sm, other.snapshot).await;
     assert!(sm.install_snapshot(&snapshot.meta, received).await.is_err());
     assert_eq!(dump(&db), before);
 }

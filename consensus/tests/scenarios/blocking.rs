@@ -3,34 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use consensus::testing::{MemRouter, members, start_servers, wait_for_leader, wait_until};
-use consensus::{RaftServer, ReadError, Request, WatchScope};
+use consensus::testing::wait_until;
+use consensus::{ReadError, Request, WatchScope};
 
-async fn start_single(dir: &std::path::Path) -> (MemRouter, RaftServer) {
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir, &[1])
-        .await
-        .expect("server opens")
-        .remove(0);
-    server.initialize(members(&[1])).await.expect("initialize");
-    assert_eq!(
-        wait_for_leader(std::slice::from_ref(&server), Duration::from_secs(5)).await,
-        Some(1)
-    );
-    (router, server)
-}
-
-async fn put(server: &RaftServer, key: &str, value: &str) -> u64 {
-    server
-        .write(Request::KvSet {
-            key: key.into(),
-            value: value.as_bytes().to_vec(),
-            flags: 0,
-        })
-        .await
-        .expect("write")
-        .index
-}
+use crate::util::{open_single, put, start_single};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -242,11 +218,7 @@ async fn reaped_tombstones_never_move_an_index_backwards() {
     // Restart: the floor is durable.
     router.shutdown_all().await;
     drop((server, kv));
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir.path(), &[1])
-        .await
-        .unwrap()
-        .remove(0);
+    let (router, server) = open_single(dir.path()).await;
     assert_eq!(server.kv().index_for_prefix("p/").unwrap(), deleted);
     router.shutdown_all().await;
 }

@@ -2,28 +2,10 @@
 
 use std::time::Duration;
 
-use consensus::testing::{
-    MemRouter, members, node, start_servers, start_servers_with, wait_for_leader, wait_until,
-};
+use consensus::testing::{members, node, wait_for_leader, wait_until};
 use consensus::{InitOutcome, RaftServer, ReadError, Request, Response, WriteError};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn set(key: &str, value: &str) -> Request {
-    Request::KvSet {
-        key: key.into(),
-        value: value.as_bytes().to_vec(),
-        flags: 0,
-    }
-}
-
-fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
-    servers
-        .iter()
-        .find(|s| s.id() == id)
-        .cloned()
-        .expect("server with that id")
-}
+use crate::util::{TIMEOUT, by_id, open_cluster, set, start_cluster};
 
 fn value_of(server: &RaftServer, key: &str) -> Option<Vec<u8>> {
     server.kv().get(key).expect("local read").map(|e| e.value)
@@ -32,10 +14,7 @@ fn value_of(server: &RaftServer, key: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_elect_replicate_forward_and_fail_over() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let servers = start_servers(&router, dir.path(), &[1, 2, 3])
-        .await
-        .unwrap();
+    let (router, servers) = open_cluster(dir.path(), |_| {}).await;
 
     // Every server initializes with the same members, concurrently.
     let inits: Vec<_> = servers
@@ -130,18 +109,14 @@ async fn three_servers_elect_replicate_forward_and_fail_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let servers = start_servers_with(&router, dir.path(), &[1, 2, 3], |c| {
+    let (router, servers, leader) = start_cluster(dir.path(), |c| {
         c.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(20);
         c.raft.max_in_snapshot_log_to_keep = 0;
         c.raft.purge_batch_size = 1;
         c.raft.snapshot_max_chunk_size = 512;
     })
-    .await
-    .unwrap();
-    servers[0].initialize(members(&[1, 2, 3])).await.unwrap();
-    let leader_id = wait_for_leader(&servers, TIMEOUT).await.expect("a leader");
-    let leader = by_id(&servers, leader_id);
+    .await;
+    let leader_id = leader.id();
     let lagging = servers
         .iter()
         .find(|s| s.id() != leader_id)

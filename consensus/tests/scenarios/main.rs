@@ -8,3 +8,4 @@ mod reads;
 mod robustness;
 mod single_node;
 mod txn;
+mod util;

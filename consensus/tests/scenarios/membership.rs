@@ -5,20 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use consensus::testing::{
-    MemRouter, members, node, start_servers_with, wait_for_leader, wait_until,
-};
-use consensus::{MembershipError, RaftServer, Request, ServerConfig};
+use consensus::testing::{node, start_servers_with, wait_until};
+use consensus::{MembershipError, ServerConfig};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
-    servers
-        .iter()
-        .find(|s| s.id() == id)
-        .cloned()
-        .expect("server with that id")
-}
+use crate::util::{TIMEOUT, elect, open_cluster, put};
 
 fn snapshot_often(c: &mut ServerConfig) {
     c.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(20);
@@ -28,33 +18,17 @@ fn snapshot_often(c: &mut ServerConfig) {
     c.learner_catch_up_timeout = Duration::from_secs(3);
 }
 
-async fn put(server: &RaftServer, key: &str) -> u64 {
-    server
-        .write(Request::KvSet {
-            key: key.into(),
-            value: b"v".to_vec(),
-            flags: 0,
-        })
-        .await
-        .expect("write")
-        .index
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_server_joins_by_snapshot_becomes_a_voter_and_a_removed_one_leaves() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let servers = start_servers_with(&router, dir.path(), &[1, 2, 3], snapshot_often)
-        .await
-        .unwrap();
+    let (router, servers) = open_cluster(dir.path(), snapshot_often).await;
     assert!(
         servers
             .iter()
             .all(|s| !s.has_state() && !s.is_initialized())
     );
-    servers[0].initialize(members(&[1, 2, 3])).await.unwrap();
-    let leader_id = wait_for_leader(&servers, TIMEOUT).await.unwrap();
-    let leader = by_id(&servers, leader_id);
+    let leader = elect(&servers).await;
+    let leader_id = leader.id();
     assert!(servers.iter().all(|s| s.has_state() && s.is_initialized()));
     let follower = servers
         .iter()
@@ -63,7 +37,7 @@ async fn a_new_server_joins_by_snapshot_becomes_a_voter_and_a_removed_one_leaves
         .clone();
 
     // A learner added while the log is whole catches up from the log.
-    let early = put(&leader, "early").await;
+    let early = put(&leader, "early", "v").await;
     let fifth = start_servers_with(&router, dir.path(), &[5], snapshot_often)
         .await
         .unwrap()
@@ -75,7 +49,7 @@ async fn a_new_server_joins_by_snapshot_becomes_a_voter_and_a_removed_one_leaves
 
     let mut last = 0;
     for i in 0..60 {
-        last = put(&leader, &format!("bulk/{i:02}")).await;
+        last = put(&leader, &format!("bulk/{i:02}"), "v").await;
     }
     assert!(
         wait_until(TIMEOUT, || {
@@ -127,7 +101,7 @@ async fn a_new_server_joins_by_snapshot_becomes_a_voter_and_a_removed_one_leaves
     let m = leader.membership();
     assert_eq!(m.voters.len(), 4);
     assert!(m.learners.is_empty() && !m.joint);
-    let index = put(&leader, "after-join").await;
+    let index = put(&leader, "after-join", "v").await;
     assert!(wait_until(TIMEOUT, || fourth.kv().applied_index().unwrap() >= index).await);
 
     // Remove a follower: it is no longer a member and the rest keep working.
@@ -142,7 +116,7 @@ async fn a_new_server_joins_by_snapshot_becomes_a_voter_and_a_removed_one_leaves
     );
     router.stop(removed).await;
     let remaining: Vec<_> = router.servers();
-    let index = put(&leader, "after-remove").await;
+    let index = put(&leader, "after-remove", "v").await;
     for s in &remaining {
         assert!(wait_until(TIMEOUT, || s.kv().applied_index().unwrap() >= index).await);
         assert!(!s.membership().voters.contains_key(&removed));

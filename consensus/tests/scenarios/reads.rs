@@ -3,20 +3,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use consensus::testing::{MemRouter, members, start_servers, wait_for_leader};
+use consensus::testing::wait_for_leader;
 use consensus::{RaftServer, ReadError, Request};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
-    servers
-        .iter()
-        .find(|s| s.id() == id)
-        .cloned()
-        .expect("server with that id")
-}
+use crate::util::{TIMEOUT, by_id, start_cluster};
 
 fn counter(server: &RaftServer) -> u64 {
     server
@@ -30,13 +21,8 @@ fn counter(server: &RaftServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_share_rounds_and_see_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let servers = start_servers(&router, dir.path(), &[1, 2, 3])
-        .await
-        .unwrap();
-    servers[0].initialize(members(&[1, 2, 3])).await.unwrap();
-    let leader_id = wait_for_leader(&servers, TIMEOUT).await.unwrap();
-    let leader = by_id(&servers, leader_id);
+    let (router, servers, leader) = start_cluster(dir.path(), |_| {}).await;
+    let leader_id = leader.id();
     leader.ensure_linearizable().await.unwrap();
 
     // N concurrent calls take far fewer than N rounds.

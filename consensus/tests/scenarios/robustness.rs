@@ -2,32 +2,16 @@
 
 use std::time::Duration;
 
-use consensus::testing::{
-    MemRouter, members, start_servers, start_servers_with, wait_for_leader, wait_until,
-};
-use consensus::{RaftRpcRequest, RaftRpcResponse, RaftServer, Request, WriteError};
+use consensus::testing::{wait_for_leader, wait_until};
+use consensus::{RaftRpcRequest, RaftRpcResponse, Request, WriteError};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::testing::log_id;
 use openraft::{SnapshotMeta, Vote};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn set(key: &str, value: &[u8]) -> Request {
-    Request::KvSet {
-        key: key.into(),
-        value: value.to_vec(),
-        flags: 0,
-    }
-}
-
-fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
-    servers
-        .iter()
-        .find(|s| s.id() == id)
-        .cloned()
-        .expect("server with that id")
-}
+use crate::util::{
+    TIMEOUT, by_id, open_single, open_single_with, set, start_cluster, start_single_with,
+};
 
 /// A leader cut off from the others never learns what became of its proposals: the
 /// writers get an "outcome unknown" error after the write timeout, and the proposal slot
@@ -35,16 +19,12 @@ fn by_id(servers: &[RaftServer], id: u64) -> RaftServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_an_isolated_leader_end_with_an_unknown_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let servers = start_servers_with(&router, dir.path(), &[1, 2, 3], |c| {
+    let (router, servers, leader) = start_cluster(dir.path(), |c| {
         c.write_timeout = Duration::from_millis(500);
         c.max_proposals_in_flight = 1;
     })
-    .await
-    .unwrap();
-    servers[0].initialize(members(&[1, 2, 3])).await.unwrap();
-    let leader_id = wait_for_leader(&servers, TIMEOUT).await.expect("a leader");
-    let leader = by_id(&servers, leader_id);
+    .await;
+    let leader_id = leader.id();
     leader.write(set("before", b"1")).await.unwrap();
 
     router.isolate(leader_id);
@@ -82,15 +62,7 @@ async fn full_store_refuses_writes_and_grows_at_restart() {
         c.log_map_size = 4 << 20;
         c.sm_map_size = 4 << 20;
     };
-    let router = MemRouter::new();
-    let server = start_servers_with(&router, dir.path(), &[1], small)
-        .await
-        .unwrap()
-        .remove(0);
-    server.initialize(members(&[1])).await.unwrap();
-    wait_for_leader(std::slice::from_ref(&server), TIMEOUT)
-        .await
-        .expect("a leader");
+    let (router, server) = start_single_with(dir.path(), small, TIMEOUT).await;
 
     let value = vec![7u8; 32 << 10];
     let mut written = 0;
@@ -124,14 +96,11 @@ async fn full_store_refuses_writes_and_grows_at_restart() {
     router.remove(1);
     drop(server);
 
-    let router = MemRouter::new();
-    let server = start_servers_with(&router, dir.path(), &[1], |c| {
+    let (router, server) = open_single_with(dir.path(), |c| {
         c.log_map_size = 64 << 20;
         c.sm_map_size = 64 << 20;
     })
-    .await
-    .unwrap()
-    .remove(0);
+    .await;
     wait_for_leader(std::slice::from_ref(&server), TIMEOUT)
         .await
         .expect("a leader after restart");
@@ -144,18 +113,15 @@ async fn full_store_refuses_writes_and_grows_at_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_growth_in_bytes_triggers_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let server = start_servers_with(&router, dir.path(), &[1], |c| {
-        c.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(1_000_000);
-        c.snapshot_log_bytes = 64 << 10;
-    })
-    .await
-    .unwrap()
-    .remove(0);
-    server.initialize(members(&[1])).await.unwrap();
-    wait_for_leader(std::slice::from_ref(&server), TIMEOUT)
-        .await
-        .expect("a leader");
+    let (router, server) = start_single_with(
+        dir.path(),
+        |c| {
+            c.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(1_000_000);
+            c.snapshot_log_bytes = 64 << 10;
+        },
+        TIMEOUT,
+    )
+    .await;
     for i in 0..20 {
         server
             .write(set(&format!("k/{i}"), &[1; 8 << 10]))
@@ -174,11 +140,7 @@ async fn log_growth_in_bytes_triggers_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_chunk_past_the_received_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir.path(), &[1])
-        .await
-        .unwrap()
-        .remove(0);
+    let (router, server) = open_single(dir.path()).await;
     let chunk = |offset: u64| {
         RaftRpcRequest::InstallSnapshot(InstallSnapshotRequest {
             vote: Vote::new_committed(1, 2),

@@ -2,33 +2,12 @@
 
 use std::time::Duration;
 
-use consensus::testing::{MemRouter, members, start_servers, wait_for_leader};
+use consensus::testing::{members, wait_for_leader};
 use consensus::{
-    InitOutcome, InvalidRequest, MAX_KEY_LEN, MAX_VALUE_LEN, RaftServer, Request, Response,
-    WriteError,
+    InitOutcome, InvalidRequest, MAX_KEY_LEN, MAX_VALUE_LEN, Request, Response, WriteError,
 };
 
-fn set(key: &str, value: &str) -> Request {
-    Request::KvSet {
-        key: key.into(),
-        value: value.as_bytes().to_vec(),
-        flags: 0,
-    }
-}
-
-async fn start_single(dir: &std::path::Path) -> (MemRouter, RaftServer) {
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir, &[1])
-        .await
-        .expect("server opens")
-        .remove(0);
-    server.initialize(members(&[1])).await.expect("initialize");
-    assert_eq!(
-        wait_for_leader(std::slice::from_ref(&server), Duration::from_secs(5)).await,
-        Some(1)
-    );
-    (router, server)
-}
+use crate::util::{open_single, set, start_single};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_data_and_indexes() {
@@ -79,14 +58,7 @@ async fn restart_keeps_data_and_indexes() {
     drop(server);
 
     // Reopen from the same directory.
-    let (router, server) = {
-        let router = MemRouter::new();
-        let server = start_servers(&router, dir.path(), &[1])
-            .await
-            .unwrap()
-            .remove(0);
-        (router, server)
-    };
+    let (router, server) = open_single(dir.path()).await;
     let kv = server.kv();
     assert_eq!(kv.get("app/a").unwrap(), Some(before_entry));
     assert_eq!(kv.get("app/b").unwrap(), None);
@@ -215,11 +187,7 @@ async fn invalid_writes_are_rejected_before_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninitialized_server_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir.path(), &[1])
-        .await
-        .unwrap()
-        .remove(0);
+    let (router, server) = open_single(dir.path()).await;
     let err = server.write(set("a", "b")).await.unwrap_err();
     assert!(
         matches!(

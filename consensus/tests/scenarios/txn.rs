@@ -1,27 +1,12 @@
 //! Consul KV transactions through Raft: atomic commit and rollback, read-only
 //! transactions, limits, and transactions coalesced with other writes.
 
-use std::time::Duration;
-
-use consensus::testing::{MemRouter, members, start_servers, wait_for_leader};
 use consensus::{
     InvalidRequest, MAX_TXN_OPS, RaftServer, ReadError, Request, Response, TxnOp, TxnOutcome,
     WriteError,
 };
 
-async fn start_single(dir: &std::path::Path) -> (MemRouter, RaftServer) {
-    let router = MemRouter::new();
-    let server = start_servers(&router, dir, &[1])
-        .await
-        .expect("server opens")
-        .remove(0);
-    server.initialize(members(&[1])).await.expect("initialize");
-    assert_eq!(
-        wait_for_leader(std::slice::from_ref(&server), Duration::from_secs(5)).await,
-        Some(1)
-    );
-    (router, server)
-}
+use crate::util::start_single;
 
 fn set(key: &str, value: &str) -> TxnOp {
     TxnOp::Set {

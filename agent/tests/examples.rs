@@ -74,6 +74,18 @@ fn local_cluster_starts_five_agents_and_stops_them_on_ctrl_c() {
         "output:\n{}",
         output.join("\n")
     );
+    // A client agent answers status reads by forwarding them to a server.
+    let info = std::process::Command::new(support::agent_bin())
+        .args(["info"])
+        .env("AGENT_HTTP_ADDR", "127.0.0.44:8500")
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "agent info against a client agent");
+    let status = status_leader("127.0.0.44:8500");
+    assert!(
+        status.starts_with("\"127.0.0.4"),
+        "leader via client-1: {status}"
+    );
 
     // Ctrl-C stops the script and every agent it started.
     let status = Command::new("kill")
@@ -96,4 +108,26 @@ fn local_cluster_starts_five_agents_and_stops_them_on_ctrl_c() {
             "an agent still answers on {addr}"
         );
     }
+}
+
+/// `GET /v1/status/leader` with a plain HTTP/1.1 request (this test is synchronous).
+fn status_leader(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/status/leader HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }

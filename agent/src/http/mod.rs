@@ -132,6 +132,8 @@ pub fn router(state: ApiState) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/txn", put(txn::txn))
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
         .route(
             "/v1/operator/raft/configuration",
             get(operator::configuration),
@@ -146,8 +148,6 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .merge(server_bound)
-        .route("/v1/status/leader", get(status::leader))
-        .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/self", get(agent::self_))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/join/{*addr}", put(agent::join))

@@ -59,6 +59,22 @@ fn restart_client(pki: &Pki, agent: AgentProcess, node: &str, dir: &Path) -> Age
     start_client_on(pki.existing_files("dc1", node), http, lan, node, None, dir)
 }
 
+/// Starts agents `a` (on `127.0.0.<last>`) and `b` (on the next address, joining `a`)
+/// and waits until they see each other.
+async fn start_pair(pki: &Pki, last: u8, dir: &Path) -> (AgentProcess, AgentProcess) {
+    let mut a = start_client(pki, last, "a", None, dir);
+    a.wait_http().await;
+    let mut b = start_client(pki, last + 1, "b", Some(a.lan), dir);
+    b.wait_http().await;
+    eventually(
+        "a and b see each other",
+        Duration::from_secs(30),
+        || async { a.members().await.len() == 2 && b.members().await.len() == 2 },
+    )
+    .await;
+    (a, b)
+}
+
 async fn status_everywhere(agents: &[&AgentProcess], node: &str, status: u8) -> bool {
     for agent in agents {
         let members = agent.members().await;
@@ -177,18 +193,10 @@ async fn fifteen_agents_converge_see_a_failure_and_a_leave() {
 async fn a_restarted_agent_rejoins_without_join_and_supersedes_itself() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut a = start_client(&pki, 131, "a", None, dir.path());
-    a.wait_http().await;
-    let mut b = start_client(&pki, 132, "b", Some(a.lan), dir.path());
-    b.wait_http().await;
-    eventually(
-        "a and b see each other",
-        Duration::from_secs(30),
-        || async { a.members().await.len() == 2 && b.members().await.len() == 2 },
-    )
-    .await;
-    // Let b save its member list, then kill it and start it again without --join.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (a, b) = start_pair(&pki, 131, dir.path()).await;
+    // Let b save its member list (within 1 s), then kill it and start it again without
+    // --join.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut b = restart_client(&pki, b, "b", dir.path());
     b.wait_http().await;
     eventually(
@@ -209,17 +217,8 @@ async fn a_restarted_agent_rejoins_without_join_and_supersedes_itself() {
 async fn an_agent_declared_failed_is_alive_again_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut a = start_client(&pki, 133, "a", None, dir.path());
-    a.wait_http().await;
-    let mut b = start_client(&pki, 134, "b", Some(a.lan), dir.path());
-    b.wait_http().await;
-    eventually(
-        "a and b see each other",
-        Duration::from_secs(30),
-        || async { a.members().await.len() == 2 && b.members().await.len() == 2 },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (a, mut b) = start_pair(&pki, 133, dir.path()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     b.kill9();
     let agents = [&a];
     eventually("a marks b failed", Duration::from_secs(30), || {

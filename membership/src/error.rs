@@ -58,6 +58,14 @@ pub enum MembershipError {
         /// The limit.
         max: usize,
     },
+    /// A user event's payload is larger than [`crate::MAX_EVENT_PAYLOAD`].
+    #[error("event payload of {len} bytes exceeds the limit of {max}")]
+    EventTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// [`crate::Membership::join`] was given this node's own address.
     #[error("cannot join our own address")]
     JoinSelf,

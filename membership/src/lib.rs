@@ -13,6 +13,7 @@
 //!   members are de-duplicated by name, and a later generation replaces an earlier one.
 //! - [`config`]: [`Role`], [`Pool`], [`MembershipConfig`] and foca's presets.
 //! - [`member`]: [`Member`], [`MemberState`] and the [`MemberChange`]s reported.
+//! - [`event`]: [`EventKey`], which names the user events carried on the gossip.
 //! - `wire` (private): the kind byte in front of every packet, the broadcasts that carry
 //!   role, datacenter and tags, and the state requests and replies.
 //! - `table` (private): the member table, joining foca's liveness with those broadcasts.
@@ -43,12 +44,17 @@
 //! intent spread about a live node is refuted by moving to the next generation. Failed
 //! and departed members are reaped after `reap_failed_after` and `reap_left_after`.
 //!
+//! User events (opaque payloads named by an [`EventKey`]) ride in foca packets too, and
+//! the most recent ones along the full-state exchange: every other member reports each
+//! one once ([`Effect::Event`]).
+//!
 //! Every packet names its sender; [`Membership::handle_data`] drops a packet whose
 //! sender differs from the node the connection is authenticated as.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod identity;
 pub mod member;
 pub mod membership;
@@ -61,6 +67,7 @@ pub use config::{
     BUILD_TAG, DC_TAG, MAX_INFO_SIZE, MAX_PACKET_SIZE, MembershipConfig, Pool, ROLE_TAG, Role,
 };
 pub use error::MembershipError;
+pub use event::{EventKey, MAX_EVENT_PAYLOAD};
 pub use identity::NodeIdentity;
 pub use member::{ChangeKind, Member, MemberChange, MemberState};
 pub use membership::{Effect, Membership, MembershipTimer};

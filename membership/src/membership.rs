@@ -13,6 +13,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::config::{MAX_INFO_SIZE, MAX_PACKET_SIZE, MembershipConfig};
 use crate::error::MembershipError;
+use crate::event::{EventItem, EventKey, MAX_EVENT_PAYLOAD};
 use crate::identity::{NodeIdentity, Peer};
 use crate::lock;
 use crate::member::{Member, MemberChange, MemberState};
@@ -47,6 +48,16 @@ pub enum Effect {
     },
     /// A member changed.
     Changed(MemberChange),
+    /// A user event fired by another member arrived for the first time. Each key is
+    /// reported once (none below the floor, see [`Membership::set_event_floor`]); the
+    /// node that fired an event gets no effect for it. Witness `key.ltime` in the
+    /// application's Lamport clock.
+    Event {
+        /// The event's name.
+        key: EventKey,
+        /// Its payload, as fired.
+        payload: Bytes,
+    },
 }
 
 /// A timer of [`Membership`]: opaque, handed back as is.
@@ -107,7 +118,7 @@ impl foca::Runtime<Peer> for Outbox {
 ///
 /// Inputs are [`Membership::handle_data`], [`Membership::handle_timer`] and the
 /// commands ([`Membership::join`], [`Membership::leave`], [`Membership::force_leave`],
-/// [`Membership::set_tags`]); after each, drain [`Membership::poll_effect`] and carry the
+/// [`Membership::set_tags`], [`Membership::broadcast_event`]); after each, drain [`Membership::poll_effect`] and carry the
 /// effects out. Getters read the member table. Nothing here reads a clock or the OS's
 /// randomness: time passes only through timers, and randomness comes from the seed.
 pub struct Membership {
@@ -235,6 +246,12 @@ impl Membership {
         &self.config.foca
     }
 
+    /// The largest Lamport time of any user event received or fired, stale or not (0
+    /// if none): the application's clock should witness it.
+    pub fn max_event_ltime(&self) -> u64 {
+        lock(&self.table).events.max_ltime()
+    }
+
     // ----- outputs -----
 
     /// The next effect, in order.
@@ -274,7 +291,7 @@ impl Membership {
                 self.after_swim();
                 Ok(result?)
             }
-            wire::KIND_REQUEST | wire::KIND_REPLY => {
+            wire::KIND_REQUEST | wire::KIND_REPLY | wire::KIND_EVENTS => {
                 let message = wire::decode_sync(kind, body)?;
                 check_sender(&message.src().name, sender)?;
                 self.handle_sync(message)
@@ -417,6 +434,40 @@ impl Membership {
         Ok(())
     }
 
+    /// Fires a user event: spreads `payload` under `key` to every member, each of which
+    /// reports it once as [`Effect::Event`]. This node gets no effect for it: the
+    /// application handles its own events itself. A key already seen, or below the
+    /// floor, is not sent again. The payload is at most [`MAX_EVENT_PAYLOAD`] bytes.
+    pub fn broadcast_event(
+        &mut self,
+        key: EventKey,
+        payload: Bytes,
+    ) -> Result<(), MembershipError> {
+        if self.phase != Phase::Running {
+            return Err(MembershipError::Left);
+        }
+        if payload.len() > MAX_EVENT_PAYLOAD {
+            return Err(MembershipError::EventTooLarge {
+                len: payload.len(),
+                max: MAX_EVENT_PAYLOAD,
+            });
+        }
+        if !lock(&self.table).events.record(key, &payload, false) {
+            return Ok(());
+        }
+        self.spread_event(EventItem {
+            key,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// User events whose Lamport time is below `ltime` count as seen: they are neither
+    /// reported nor passed on. At restart, set it from the saved Lamport time before
+    /// joining so that old events do not fire again. It never goes down.
+    pub fn set_event_floor(&mut self, ltime: u64) {
+        lock(&self.table).events.set_floor(ltime);
+    }
+
     /// The expected cluster size: foca's settings that scale with it (how many times an
     /// update is sent, how long a suspect has to refute) are re-derived from the larger
     /// of this hint and the members seen. They never shrink. The probe period and round
@@ -427,6 +478,27 @@ impl Membership {
     }
 
     // ----- internals -----
+
+    /// Hands a recorded event to foca, which piggybacks it on its packets.
+    fn spread_event(&mut self, event: EventItem) -> Result<(), MembershipError> {
+        let bytes =
+            wire::encode_broadcast(&Broadcast::Event(event)).map_err(MembershipError::Encode)?;
+        self.swim.add_broadcast(&bytes)?;
+        Ok(())
+    }
+
+    /// Sends the recent user events to `to`, if any.
+    fn send_events(&mut self, to: SocketAddr) -> Result<(), MembershipError> {
+        let events = lock(&self.table).events.recent();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let packets = wire::encode_events(&self.me, &events).map_err(MembershipError::Encode)?;
+        for packet in packets {
+            self.send(to, packet);
+        }
+        Ok(())
+    }
 
     fn schedule(&mut self, kind: TimerKind, after: Duration) {
         self.effects.push_back(Effect::Schedule {
@@ -532,8 +604,14 @@ impl Membership {
                 std::mem::take(&mut table.reaps),
             )
         };
+        let events = std::mem::take(&mut lock(&self.table).events.fired);
         self.effects
             .extend(changes.into_iter().map(Effect::Changed));
+        self.effects.extend(
+            events
+                .into_iter()
+                .map(|(key, payload)| Effect::Event { key, payload }),
+        );
         for reap in reaps {
             self.schedule(
                 TimerKind::Reap {
@@ -690,6 +768,9 @@ impl Membership {
         for packet in packets {
             self.send(to, packet);
         }
+        if full {
+            self.send_events(to)?;
+        }
         Ok(())
     }
 
@@ -715,6 +796,31 @@ impl Membership {
                 };
                 for packet in packets {
                     self.send(src.addr, packet);
+                }
+                if full {
+                    self.send_events(src.addr)?;
+                }
+                Ok(())
+            }
+            SyncMessage::Events { events, .. } => {
+                let mut fresh = Vec::new();
+                {
+                    let mut table = lock(&self.table);
+                    for event in events {
+                        let key = event.key;
+                        if table
+                            .apply_broadcast(Broadcast::Event(event.clone()), Origin::Sync)
+                            .is_some()
+                        {
+                            tracing::debug!(me = %self.me, ltime = key.ltime, "caught up on an event");
+                            fresh.push(event);
+                        }
+                    }
+                }
+                self.flush_table();
+                // Others may have missed it too: spread it like one received by gossip.
+                for event in fresh {
+                    self.spread_event(event)?;
                 }
                 Ok(())
             }

@@ -39,7 +39,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::member::{ChangeKind, MemberState};
 use crate::membership::{Effect, Membership, MembershipTimer};
-use crate::{MembershipConfig, MembershipError, NodeIdentity};
+use crate::{EventKey, MembershipConfig, MembershipError, NodeIdentity};
 
 /// A node of the simulation (its index, in the order added).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +81,17 @@ pub struct ChangeRecord {
     pub state: MemberState,
 }
 
+/// One user event reported by one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Virtual time of the report.
+    pub at: Duration,
+    /// The event's name.
+    pub key: EventKey,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
 /// Counters of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimStats {
@@ -108,6 +119,7 @@ struct SimNode {
     run: u32,
     group: u32,
     changes: Vec<ChangeRecord>,
+    events: Vec<EventRecord>,
 }
 
 enum Event {
@@ -208,6 +220,7 @@ impl Sim {
             run: 0,
             group: 0,
             changes: Vec::new(),
+            events: Vec::new(),
         });
         self.by_addr.insert(addr, index);
         self.drain(index);
@@ -260,6 +273,11 @@ impl Sim {
     /// The changes a node has seen, in order.
     pub fn changes(&self, id: NodeId) -> &[ChangeRecord] {
         &self.nodes[id.0].changes
+    }
+
+    /// The user events a node has reported, in order (across restarts).
+    pub fn events(&self, id: NodeId) -> &[EventRecord] {
+        &self.nodes[id.0].events
     }
 
     /// Virtual time since the start.
@@ -457,6 +475,17 @@ impl Sim {
                     hash = fnv(hash, &record.generation.to_le_bytes());
                     self.trace = fnv(hash, record.state.as_str().as_bytes());
                     self.nodes[index].changes.push(record);
+                }
+                Effect::Event { key, payload } => {
+                    let mut hash = fnv(self.trace, &(self.now.as_nanos() as u64).to_le_bytes());
+                    hash = fnv(hash, &(index as u64).to_le_bytes());
+                    hash = fnv(hash, &key.ltime.to_le_bytes());
+                    self.trace = fnv(hash, &key.id);
+                    self.nodes[index].events.push(EventRecord {
+                        at: self.now,
+                        key,
+                        payload,
+                    });
                 }
             }
         }

@@ -18,6 +18,7 @@ use foca::{BroadcastHandler, Invalidates};
 
 use crate::config::{DC_TAG, ROLE_TAG};
 use crate::error::MembershipError;
+use crate::event::{EventItem, EventKey, EventLog, MAX_EVENT_PAYLOAD};
 use crate::identity::{NodeIdentity, Peer};
 use crate::member::{ChangeKind, Member, MemberChange, MemberState};
 use crate::wire::{self, Broadcast, InfoVersion, MemberInfo};
@@ -192,6 +193,8 @@ pub(crate) struct Table {
     pub revision: u64,
     /// Where the last round of info requests stopped.
     pull_cursor: Option<String>,
+    /// The user events seen.
+    pub events: EventLog,
     reap_failed_after: Duration,
     reap_left_after: Duration,
 }
@@ -216,6 +219,7 @@ impl Table {
             tick: 0,
             revision: 0,
             pull_cursor: None,
+            events: EventLog::default(),
             reap_failed_after,
             reap_left_after,
         }
@@ -256,6 +260,9 @@ impl Table {
         item: Broadcast,
         origin: Origin,
     ) -> Option<BroadcastKey> {
+        if let Broadcast::Event(event) = item {
+            return self.apply_event(event, origin);
+        }
         let version = item.version();
         let name = item.name().to_owned();
         if name.is_empty() {
@@ -275,6 +282,7 @@ impl Table {
             None => return None,
         };
         let updated = match item {
+            Broadcast::Event(_) => return None,
             Broadcast::Info(info) => {
                 if entry
                     .info
@@ -301,7 +309,25 @@ impl Table {
             }
         };
         self.refresh(&name, updated);
-        Some(BroadcastKey { name, version })
+        Some(BroadcastKey::Member { name, version })
+    }
+
+    /// A user event. One added by this node was recorded before (see
+    /// [`crate::Membership::broadcast_event`]); one received is reported and spread if
+    /// it is new.
+    fn apply_event(&mut self, event: EventItem, origin: Origin) -> Option<BroadcastKey> {
+        if event.payload.len() > MAX_EVENT_PAYLOAD {
+            return None;
+        }
+        match origin {
+            Origin::Local => Some(BroadcastKey::Event(event.key)),
+            Origin::Gossip | Origin::Sync => {
+                let payload = bytes::Bytes::from(event.payload);
+                self.events
+                    .record(event.key, &payload, true)
+                    .then_some(BroadcastKey::Event(event.key))
+            }
+        }
     }
 
     fn apply_own(&mut self, item: Broadcast, origin: Origin) -> Option<BroadcastKey> {
@@ -329,9 +355,11 @@ impl Table {
                 }
                 return None;
             }
-            (Broadcast::Info(_), Origin::Gossip | Origin::Sync) => return None,
+            (Broadcast::Info(_), Origin::Gossip | Origin::Sync) | (Broadcast::Event(_), _) => {
+                return None;
+            }
         }
-        Some(BroadcastKey {
+        Some(BroadcastKey::Member {
             name: self.me.name.clone(),
             version,
         })
@@ -641,21 +669,31 @@ impl Table {
 }
 
 /// What foca keys our broadcasts by: a newer broadcast about a node replaces the older
-/// ones still waiting to be sent.
+/// ones still waiting to be sent; an event replaces only itself.
 #[derive(Clone, Debug)]
-pub(crate) struct BroadcastKey {
-    name: String,
-    version: InfoVersion,
+pub(crate) enum BroadcastKey {
+    Member { name: String, version: InfoVersion },
+    Event(EventKey),
 }
 
 impl Invalidates for BroadcastKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.name == other.name && self.version >= other.version
+        match (self, other) {
+            (
+                BroadcastKey::Member { name, version },
+                BroadcastKey::Member {
+                    name: other_name,
+                    version: other_version,
+                },
+            ) => name == other_name && version >= other_version,
+            (BroadcastKey::Event(key), BroadcastKey::Event(other)) => key == other,
+            _ => false,
+        }
     }
 }
 
-/// The [`BroadcastHandler`] foca owns: decodes infos and leave intents and applies them
-/// to the shared table. It answers `None` for anything not newer than what the table
+/// The [`BroadcastHandler`] foca owns: decodes infos, leave intents and user events and
+/// applies them to the shared table. It answers `None` for anything not newer than what the table
 /// knows, which is what stops foca from disseminating an item forever.
 pub(crate) struct InfoHandler {
     pub table: std::sync::Arc<std::sync::Mutex<Table>>,
@@ -671,6 +709,14 @@ impl BroadcastHandler<Peer> for InfoHandler {
         sender: Option<&Peer>,
     ) -> Result<Option<BroadcastKey>, MembershipError> {
         let item = wire::decode_broadcast(data)?;
+        if let Broadcast::Event(event) = &item
+            && event.payload.len() > MAX_EVENT_PAYLOAD
+        {
+            return Err(MembershipError::EventTooLarge {
+                len: event.payload.len(),
+                max: MAX_EVENT_PAYLOAD,
+            });
+        }
         let origin = if sender.is_some() {
             Origin::Gossip
         } else {

@@ -6,13 +6,15 @@
 //!   it asks for the full state (every active member with its info), then the names
 //!   whose state it asks for.
 //! - [`KIND_REPLY`]: the sender's identity, then [`SyncEntry`] items.
+//! - [`KIND_EVENTS`]: the sender's identity, then recent user events ([`EventItem`]),
+//!   sent along a full-state request and its reply.
 //!
 //! Requests and replies are split so that each packet stays within
 //! [`MAX_PACKET_SIZE`]; a receiver reads items until the packet ends, so a lost packet
 //! loses only its own items.
 //!
-//! Member infos (role, datacenter, tags) and leave intents also ride in foca packets, as
-//! custom broadcasts encoded as [`Broadcast`].
+//! Member infos (role, datacenter, tags), leave intents and user events also ride in
+//! foca packets, as custom broadcasts encoded as [`Broadcast`].
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{MAX_PACKET_SIZE, Role};
 use crate::error::MembershipError;
+use crate::event::EventItem;
 use crate::identity::{NodeIdentity, Peer};
 
 /// A foca packet follows.
@@ -30,6 +33,8 @@ pub(crate) const KIND_GOSSIP: u8 = 0;
 pub(crate) const KIND_REQUEST: u8 = 1;
 /// A state reply follows.
 pub(crate) const KIND_REPLY: u8 = 2;
+/// Recent user events follow.
+pub(crate) const KIND_EVENTS: u8 = 3;
 
 /// Largest number of names one request may carry that a node answers.
 pub(crate) const MAX_NAMES_PER_REQUEST: usize = 64;
@@ -76,13 +81,17 @@ pub(crate) enum Broadcast {
     Info(MemberInfo),
     /// Generation `generation` of node `name` is leaving (or was forced to leave).
     Leave { name: String, generation: u64 },
+    /// A user event, about no member in particular.
+    Event(EventItem),
 }
 
 impl Broadcast {
+    /// The member it is about; empty for an event.
     pub(crate) fn name(&self) -> &str {
         match self {
             Broadcast::Info(info) => &info.name,
             Broadcast::Leave { name, .. } => name,
+            Broadcast::Event(_) => "",
         }
     }
 
@@ -92,6 +101,11 @@ impl Broadcast {
             Broadcast::Leave { generation, .. } => InfoVersion {
                 generation: *generation,
                 leaving: true,
+                version: 0,
+            },
+            Broadcast::Event(_) => InfoVersion {
+                generation: 0,
+                leaving: false,
                 version: 0,
             },
         }
@@ -122,12 +136,18 @@ pub(crate) enum SyncMessage {
         src: NodeIdentity,
         entries: Vec<SyncEntry>,
     },
+    Events {
+        src: NodeIdentity,
+        events: Vec<EventItem>,
+    },
 }
 
 impl SyncMessage {
     pub(crate) fn src(&self) -> &NodeIdentity {
         match self {
-            SyncMessage::Request { src, .. } | SyncMessage::Reply { src, .. } => src,
+            SyncMessage::Request { src, .. }
+            | SyncMessage::Reply { src, .. }
+            | SyncMessage::Events { src, .. } => src,
         }
     }
 }
@@ -162,6 +182,10 @@ pub(crate) fn decode_sync(kind: u8, body: &[u8]) -> Result<SyncMessage, Membersh
         KIND_REPLY => Ok(SyncMessage::Reply {
             src,
             entries: decode_items(rest)?,
+        }),
+        KIND_EVENTS => Ok(SyncMessage::Events {
+            src,
+            events: decode_items(rest)?,
         }),
         other => Err(MembershipError::UnknownKind(other)),
     }
@@ -198,6 +222,14 @@ pub(crate) fn encode_reply(
     entries: &[SyncEntry],
 ) -> Result<Vec<Bytes>, postcard::Error> {
     encode_packets(postcard::to_extend(src, vec![KIND_REPLY])?, entries, false)
+}
+
+/// Encodes recent user events.
+pub(crate) fn encode_events(
+    src: &NodeIdentity,
+    events: &[EventItem],
+) -> Result<Vec<Bytes>, postcard::Error> {
+    encode_packets(postcard::to_extend(src, vec![KIND_EVENTS])?, events, false)
 }
 
 /// Packs `items` after `header` into as few packets as fit. An item too large for a
@@ -302,6 +334,38 @@ mod tests {
             }
         }
         assert_eq!(decoded, entries);
+    }
+
+    #[test]
+    fn events_are_split_into_packets_that_fit() {
+        let events: Vec<EventItem> = (0..64u8)
+            .map(|i| EventItem {
+                key: crate::EventKey {
+                    ltime: u64::from(i),
+                    id: [i; 16],
+                },
+                payload: vec![i; crate::MAX_EVENT_PAYLOAD / 4],
+            })
+            .collect();
+        let packets = encode_events(&node("me"), &events).unwrap();
+        assert!(packets.len() > 1);
+        let mut decoded = Vec::new();
+        for packet in &packets {
+            assert!(packet.len() <= MAX_PACKET_SIZE);
+            match decode_sync(packet[0], &packet[1..]).unwrap() {
+                SyncMessage::Events { src, events } => {
+                    assert_eq!(src.name, "me");
+                    decoded.extend(events);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(decoded, events);
+        let item = Broadcast::Event(events[3].clone());
+        assert_eq!(
+            decode_broadcast(&encode_broadcast(&item).unwrap()).unwrap(),
+            item
+        );
     }
 
     #[test]

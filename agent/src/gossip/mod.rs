@@ -294,6 +294,17 @@ impl Driver {
                 Effect::Schedule { timer, after } => {
                     self.timers.insert(timer, after);
                 }
+                Effect::Event { key, payload } => match events::UserEvent::decode(&payload) {
+                    Ok(event) if event.ltime == key.ltime => {
+                        self.bus.publish(Event::User(event));
+                    }
+                    Ok(event) => tracing::debug!(
+                        ltime = event.ltime,
+                        key_ltime = key.ltime,
+                        "user event dropped: its time does not match its gossip key"
+                    ),
+                    Err(e) => tracing::debug!("user event dropped: {e}"),
+                },
                 Effect::Changed(change) => {
                     changed = true;
                     tracing::info!(

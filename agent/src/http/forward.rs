@@ -76,10 +76,37 @@ enum Route {
 /// forwards the request to an agent that can.
 pub async fn to_server(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let hops = hops_of(request.headers());
-    match route(&state, &request, hops) {
+    let route = route(&state, &request, hops);
+    dispatch(&state, route, request, next, hops).await
+}
+
+/// Middleware on routes any server answers from its own state (`/v1/status/...`, as
+/// Consul does): a server answers itself, a client agent forwards to a server.
+pub async fn to_any_server(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let hops = hops_of(request.headers());
+    let route = if state.inner.raft.is_some() {
+        Route::Local
+    } else {
+        client_route(&state, hops)
+    };
+    dispatch(&state, route, request, next, hops).await
+}
+
+async fn dispatch(
+    state: &ApiState,
+    route: Route,
+    request: Request,
+    next: Next,
+    hops: u8,
+) -> Response {
+    match route {
         Route::Local => next.run(request).await,
         Route::Refuse(error) => error.into_response(),
-        Route::Forward(addr) => match forward(&state, addr, request, hops + 1).await {
+        Route::Forward(addr) => match forward(state, addr, request, hops + 1).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         },
@@ -119,15 +146,18 @@ fn route(state: &ApiState, request: &Request, hops: u8) -> Route {
                 },
             }
         }
-        None => {
-            if hops >= MAX_HOPS {
-                return Route::Refuse(ApiError::internal("No known Consul servers"));
-            }
-            match state.pick_server() {
-                Some(addr) => Route::Forward(addr),
-                None => Route::Refuse(ApiError::internal("No known Consul servers")),
-            }
-        }
+        None => client_route(state, hops),
+    }
+}
+
+/// A client agent sends server-bound requests to a live server it knows from gossip.
+fn client_route(state: &ApiState, hops: u8) -> Route {
+    if hops >= MAX_HOPS {
+        return Route::Refuse(ApiError::internal("No known Consul servers"));
+    }
+    match state.pick_server() {
+        Some(addr) => Route::Forward(addr),
+        None => Route::Refuse(ApiError::internal("No known Consul servers")),
     }
 }
 

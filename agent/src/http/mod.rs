@@ -132,8 +132,6 @@ pub fn router(state: ApiState) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/txn", put(txn::txn))
-        .route("/v1/status/leader", get(status::leader))
-        .route("/v1/status/peers", get(status::peers))
         .route(
             "/v1/operator/raft/configuration",
             get(operator::configuration),
@@ -146,8 +144,17 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             forward::to_server,
         ));
+    // Routes any server answers from its own state; client agents forward them.
+    let any_server = Router::new()
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_any_server,
+        ));
     Router::new()
         .merge(server_bound)
+        .merge(any_server)
         .route("/v1/agent/self", get(agent::self_))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/join/{*addr}", put(agent::join))

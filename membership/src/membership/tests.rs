@@ -8,6 +8,7 @@ use rand::RngExt;
 
 use super::*;
 use crate::config::Role;
+use crate::event::EventItem;
 use crate::member::ChangeKind;
 
 fn addr(host: u8) -> SocketAddr {
@@ -37,7 +38,7 @@ fn pump(nodes: &mut [&mut Membership]) -> Vec<Vec<MemberChange>> {
                 match effect {
                     Effect::Send { to, data } => packets.push((to, sender.clone(), data)),
                     Effect::Changed(change) => changes[i].push(change),
-                    Effect::Schedule { .. } => {}
+                    Effect::Schedule { .. } | Effect::Event { .. } => {}
                 }
             }
         }
@@ -69,6 +70,33 @@ fn gossip_packet(src: &NodeIdentity, dst: &NodeIdentity, items: &[Broadcast]) ->
         packet.extend_from_slice(&bytes);
     }
     packet
+}
+
+/// A gossip packet from `src` to `dst` carrying `items`, already encoded, as custom
+/// broadcasts.
+fn raw_gossip_packet(src: &NodeIdentity, dst: &NodeIdentity, items: &[&[u8]]) -> Vec<u8> {
+    let mut packet = gossip_packet(src, dst, &[]);
+    for item in items {
+        packet.put_u16(u16::try_from(item.len()).unwrap());
+        packet.extend_from_slice(item);
+    }
+    packet
+}
+
+fn event_key(ltime: u64, id: u8) -> EventKey {
+    EventKey {
+        ltime,
+        id: [id; 16],
+    }
+}
+
+fn events_of(node: &mut Membership) -> Vec<(EventKey, Bytes)> {
+    node.drain_effects()
+        .filter_map(|effect| match effect {
+            Effect::Event { key, payload } => Some((key, payload)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn joined_pair() -> (Membership, Membership) {
@@ -316,4 +344,138 @@ fn a_forced_leave_of_a_live_node_is_refuted_with_a_new_generation() {
     pump(&mut [&mut a, &mut b]);
     let seen = b.member("a").unwrap();
     assert_eq!((seen.state, seen.generation), (MemberState::Alive, 2));
+}
+
+#[test]
+fn an_event_is_reported_once_by_the_others_and_never_by_its_sender() {
+    let (mut a, mut b) = joined_pair();
+    let key = event_key(7, 1);
+    let payload = Bytes::from_static(b"deploy web v42");
+    b.broadcast_event(key, payload.clone()).unwrap();
+    assert!(events_of(&mut b).is_empty(), "the sender gets no effect");
+    b.gossip_to(&mut a);
+    assert_eq!(events_of(&mut a), vec![(key, payload.clone())]);
+    assert_eq!(a.max_event_ltime(), 7);
+    assert_eq!(b.max_event_ltime(), 7);
+
+    // The same item again, by gossip or by the full-state exchange: nothing.
+    let backlog = a.swim.custom_broadcast_backlog();
+    let again = gossip_packet(
+        b.me(),
+        a.me(),
+        &[Broadcast::Event(EventItem {
+            key,
+            payload: payload.to_vec(),
+        })],
+    );
+    a.handle_data(&again, "b").unwrap();
+    assert_eq!(
+        a.swim.custom_broadcast_backlog(),
+        backlog,
+        "not queued again"
+    );
+    let recent = lock(&b.table).events.recent();
+    for packet in wire::encode_events(b.me(), &recent).unwrap() {
+        a.handle_data(&packet, "b").unwrap();
+    }
+    b.broadcast_event(key, payload).unwrap();
+    b.gossip_to(&mut a);
+    assert!(events_of(&mut a).is_empty());
+}
+
+#[test]
+fn oversized_events_are_refused() {
+    let (mut a, mut b) = joined_pair();
+    let big = Bytes::from(vec![7; MAX_EVENT_PAYLOAD + 1]);
+    assert!(matches!(
+        b.broadcast_event(event_key(1, 1), big.clone()),
+        Err(MembershipError::EventTooLarge { len, max })
+            if len == MAX_EVENT_PAYLOAD + 1 && max == MAX_EVENT_PAYLOAD
+    ));
+    // Even if someone else sends one.
+    let item = wire::encode_broadcast(&Broadcast::Event(EventItem {
+        key: event_key(1, 1),
+        payload: big.to_vec(),
+    }))
+    .unwrap();
+    assert!(
+        a.handle_data(&raw_gossip_packet(b.me(), a.me(), &[&item]), "b")
+            .is_err()
+    );
+    assert!(events_of(&mut a).is_empty());
+
+    // The largest payload fits a packet with its headers.
+    let largest = Bytes::from(vec![7; MAX_EVENT_PAYLOAD]);
+    b.broadcast_event(event_key(2, 2), largest.clone()).unwrap();
+    b.gossip_to(&mut a);
+    assert_eq!(events_of(&mut a), vec![(event_key(2, 2), largest)]);
+    let recent = lock(&b.table).events.recent();
+    let packets = wire::encode_events(b.me(), &recent).unwrap();
+    assert_eq!(packets.len(), 1);
+    assert!(packets[0].len() <= MAX_PACKET_SIZE);
+}
+
+#[test]
+fn garbage_event_items_are_refused_without_panic() {
+    let (mut a, mut b) = joined_pair();
+    let good = wire::encode_broadcast(&Broadcast::Event(EventItem {
+        key: event_key(3, 3),
+        payload: b"hello".to_vec(),
+    }))
+    .unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    for round in 0..5_000 {
+        let mut item = good.clone();
+        match round % 3 {
+            0 => item.truncate(rng.random_range(1..item.len())),
+            1 => {
+                let at = rng.random_range(0..item.len());
+                item[at] = rng.random::<u8>();
+            }
+            _ => item.push(rng.random::<u8>()),
+        }
+        let _ = a.handle_data(&raw_gossip_packet(b.me(), a.me(), &[&item]), "b");
+        let mut events = vec![wire::KIND_EVENTS];
+        events = postcard::to_extend(b.me(), events).unwrap();
+        events.extend_from_slice(&item[1..]);
+        let _ = a.handle_data(&events, "b");
+        a.drain_effects().for_each(drop);
+    }
+    // A truncated item and trailing bytes are errors.
+    assert!(
+        a.handle_data(
+            &raw_gossip_packet(b.me(), a.me(), &[&good[..good.len() - 1]]),
+            "b"
+        )
+        .is_err()
+    );
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(
+        a.handle_data(&raw_gossip_packet(b.me(), a.me(), &[&trailing]), "b")
+            .is_err()
+    );
+    // Still working: a real event arrives.
+    b.broadcast_event(event_key(u64::MAX, 9), Bytes::from_static(b"x"))
+        .unwrap();
+    b.gossip_to(&mut a);
+    assert!(
+        events_of(&mut a)
+            .iter()
+            .any(|(key, _)| *key == event_key(u64::MAX, 9))
+    );
+}
+
+#[test]
+fn events_below_the_floor_are_neither_reported_nor_passed_on() {
+    let (mut a, mut b) = joined_pair();
+    a.set_event_floor(10);
+    b.broadcast_event(event_key(9, 1), Bytes::from_static(b"old"))
+        .unwrap();
+    b.broadcast_event(event_key(10, 1), Bytes::from_static(b"new"))
+        .unwrap();
+    b.gossip_to(&mut a);
+    let keys: Vec<EventKey> = events_of(&mut a).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![event_key(10, 1)]);
+    assert_eq!(a.max_event_ltime(), 10);
 }

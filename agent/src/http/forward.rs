@@ -34,7 +34,7 @@ pub const MAX_HOPS: u8 = 2;
 pub const MAX_FORWARD_BODY: usize = 8 * 1024 * 1024;
 
 /// Time allowed beyond a blocking query's wait for the answer to come back.
-const FORWARD_GRACE: Duration = Duration::from_secs(30);
+const FORWARD_GRACE: Duration = Duration::from_secs(10);
 
 /// Headers of a request worth carrying (the rest are connection details).
 const CARRIED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token"];

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{AgentProcess, cli_with_stdin, free_port, free_udp_port};
+use support::{AgentProcess, cli_with_stdin, free_port, free_udp_port, get_json, put_text};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
@@ -40,14 +40,7 @@ async fn acknowledged_writes_survive_kill_9_and_restart() {
         .await
         .unwrap();
     assert_eq!(put.text().await.unwrap(), "true");
-    let before: serde_json::Value = client
-        .get(agent.url("/v1/kv/before"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: serde_json::Value = get_json(&client, agent.url("/v1/kv/before")).await;
 
     // Writers keep writing distinct keys; every write the agent acknowledged is recorded.
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -97,14 +90,7 @@ async fn acknowledged_writes_survive_kill_9_and_restart() {
         assert_eq!(response.status(), 200, "acknowledged key {key} lost");
         assert_eq!(&response.text().await.unwrap(), value, "value of {key}");
     }
-    let after: serde_json::Value = client
-        .get(agent.url("/v1/kv/before"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: serde_json::Value = get_json(&client, agent.url("/v1/kv/before")).await;
     assert_eq!(before, after, "indexes and flags survive the restart");
 }
 
@@ -155,32 +141,15 @@ async fn http_kv_follows_consul() {
     assert!(entry.get("Session").is_none());
 
     // An update keeps CreateIndex, raises ModifyIndex, resets flags without ?flags.
-    client
-        .put(url("/v1/kv/a%20b/c"))
-        .body("")
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = client
-        .get(url("/v1/kv/a%20b/c"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    put_text(&client, url("/v1/kv/a%20b/c"), "").await;
+    let body: serde_json::Value = get_json(&client, url("/v1/kv/a%20b/c")).await;
     assert_eq!(body[0]["CreateIndex"], entry["CreateIndex"]);
     assert!(body[0]["ModifyIndex"].as_u64() > entry["ModifyIndex"].as_u64());
     assert_eq!(body[0]["Flags"], 0);
     assert!(body[0]["Value"].is_null(), "an empty value is null");
 
     // ?raw gives the bytes.
-    client
-        .put(url("/v1/kv/raw"))
-        .body(vec![0u8, 159, 146, 150])
-        .send()
-        .await
-        .unwrap();
+    put_text(&client, url("/v1/kv/raw"), vec![0u8, 159, 146, 150]).await;
     let raw = client.get(url("/v1/kv/raw?raw")).send().await.unwrap();
     assert_eq!(raw.bytes().await.unwrap().as_ref(), &[0u8, 159, 146, 150]);
 
@@ -191,35 +160,11 @@ async fn http_kv_follows_consul() {
     assert_eq!(cas("cas=1").await.unwrap().text().await.unwrap(), "false");
 
     // recurse and keys.
-    client
-        .put(url("/v1/kv/tree/x"))
-        .body("1")
-        .send()
-        .await
-        .unwrap();
-    client
-        .put(url("/v1/kv/tree/y/z"))
-        .body("2")
-        .send()
-        .await
-        .unwrap();
-    let listed: serde_json::Value = client
-        .get(url("/v1/kv/tree/?recurse"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    put_text(&client, url("/v1/kv/tree/x"), "1").await;
+    put_text(&client, url("/v1/kv/tree/y/z"), "2").await;
+    let listed: serde_json::Value = get_json(&client, url("/v1/kv/tree/?recurse")).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
-    let keys: Vec<String> = client
-        .get(url("/v1/kv/tree/?keys&separator=/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Vec<String> = get_json(&client, url("/v1/kv/tree/?keys&separator=/")).await;
     assert_eq!(keys, ["tree/x", "tree/y/"]);
 
     // DELETE: true, also for a missing key; recurse removes the tree.
@@ -293,32 +238,11 @@ async fn http_kv_follows_consul() {
     }
 
     // Status and self.
-    let leader: String = client
-        .get(url("/v1/status/leader"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let leader: String = get_json(&client, url("/v1/status/leader")).await;
     assert_eq!(leader, agent.lan.to_string());
-    let peers: Vec<String> = client
-        .get(url("/v1/status/peers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let peers: Vec<String> = get_json(&client, url("/v1/status/peers")).await;
     assert_eq!(peers, [leader]);
-    let me: serde_json::Value = client
-        .get(url("/v1/agent/self"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: serde_json::Value = get_json(&client, url("/v1/agent/self")).await;
     assert_eq!(me["Config"]["NodeName"], "dev-node");
     assert_eq!(me["Config"]["Datacenter"], "dc1");
     assert_eq!(me["Config"]["Server"], true);

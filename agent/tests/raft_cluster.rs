@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent::tls::Role;
-use support::{AgentProcess, Pki, eventually, free_port, free_udp_port};
+use support::{AgentProcess, Pki, eventually, free_port, free_udp_port, get_json, put_text};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
@@ -182,14 +182,7 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
         put("cas=0".into()).await.unwrap().text().await.unwrap(),
         "false"
     );
-    let entry: serde_json::Value = client
-        .get(follower.url("/v1/kv/cas-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let entry: serde_json::Value = get_json(&client, follower.url("/v1/kv/cas-key")).await;
     let index = entry[0]["ModifyIndex"].as_u64().unwrap();
     assert_eq!(
         put(format!("cas={}", index + 1000))
@@ -230,24 +223,14 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client
-        .put(follower.url("/v1/kv/not-watched"))
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    put_text(&client, follower.url("/v1/kv/not-watched"), "1").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !blocked.is_finished(),
         "a write to another key woke the query"
     );
     let written = Instant::now();
-    client
-        .put(follower.url("/v1/kv/watched"))
-        .body("now")
-        .send()
-        .await
-        .unwrap();
+    put_text(&client, follower.url("/v1/kv/watched"), "now").await;
     let (woke, status) = blocked.await.unwrap();
     assert_eq!(status, 200);
     assert!(

@@ -335,3 +335,25 @@ impl Pki {
         agent::tls::TlsMaterial::load(ca_file, &files.cert, &files.key).unwrap()
     }
 }
+
+/// `GET url`, decoded from JSON.
+pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: String) -> T {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// `PUT url` with `body`; the answer's text.
+pub async fn put_text(
+    client: &reqwest::Client,
+    url: String,
+    body: impl Into<reqwest::Body>,
+) -> String {
+    client
+        .put(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -44,8 +44,6 @@ pub struct Agent {
     tracker: TaskTracker,
     transport: Transport,
     raft: Option<Raft>,
-    gossip: Gossip,
-    bus: Bus,
     http_addr: SocketAddr,
     lan_addr: SocketAddr,
     // Removed when the agent is dropped (a `--dev` agent without `--data-dir`).
@@ -85,7 +83,7 @@ impl Agent {
             advertise,
             transport.clone(),
             datagrams,
-            bus.clone(),
+            bus,
             &tracker,
             shutdown.clone(),
         )?;
@@ -106,11 +104,11 @@ impl Agent {
             router.set_raft(raft.clone());
             // The other servers of the Raft configuration gossip on the same addresses:
             // rejoin through them too, in case the saved member list was empty.
-            let raft_peers: Vec<SocketAddr> = raft
-                .membership()
+            let raft_config = raft.membership();
+            let raft_peers: Vec<SocketAddr> = raft_config
                 .voters
                 .iter()
-                .chain(raft.membership().learners.iter())
+                .chain(raft_config.learners.iter())
                 .filter(|(id, _)| **id != raft.id())
                 .filter_map(|(_, node)| node.addr.parse().ok())
                 .collect();
@@ -176,8 +174,6 @@ impl Agent {
             tracker,
             transport,
             raft,
-            gossip,
-            bus,
             http_addr,
             lan_addr,
             _temporary: temporary,
@@ -187,16 +183,6 @@ impl Agent {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
-    }
-
-    /// The LAN gossip of this agent.
-    pub fn gossip(&self) -> &Gossip {
-        &self.gossip
-    }
-
-    /// The event bus of this agent.
-    pub fn bus(&self) -> &Bus {
-        &self.bus
     }
 
     /// Where the LAN QUIC endpoint listens.

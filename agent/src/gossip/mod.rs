@@ -141,11 +141,6 @@ impl Gossip {
         self.members.borrow().clone()
     }
 
-    /// A receiver that sees every new member list.
-    pub fn watch_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
-        self.members.clone()
-    }
-
     /// Announces this node to `addr` and waits until a member at that address is alive
     /// in our view (at most [`JOIN_TIMEOUT`]).
     pub async fn join(&self, addr: SocketAddr) -> Result<(), GossipError> {

@@ -36,7 +36,7 @@ pub async fn txn(
     .await?;
     let ops = parse_ops(&body)?;
 
-    if ops.iter().all(is_read) {
+    if !ops.iter().any(TxnOp::is_write) {
         prepare_read(raft, params.consistency()?).await?;
         let outcome = raft.kv().read_txn(&ops).map_err(read_error)?;
         let index = raft.kv().kv_index().map_err(read_error)?;
@@ -54,16 +54,6 @@ pub async fn txn(
             "unexpected answer from the state machine: {other:?}"
         ))),
     }
-}
-
-fn is_read(op: &TxnOp) -> bool {
-    matches!(
-        op,
-        TxnOp::Get { .. }
-            | TxnOp::GetTree { .. }
-            | TxnOp::CheckIndex { .. }
-            | TxnOp::CheckNotExists { .. }
-    )
 }
 
 fn answer(outcome: TxnOutcome) -> Response {

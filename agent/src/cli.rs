@@ -181,6 +181,17 @@ pub struct RunArgs {
     /// Raft log entries kept behind a snapshot, for followers that lag a little.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub raft_trailing_logs: u64,
+    /// Command run on every event that matches (repeatable): `[TYPE[:NAME][,...]=]COMMAND`,
+    /// e.g. `user:deploy=/usr/local/bin/deploy`, `member-join,member-leave=notify`, or a
+    /// bare command for every event. The event's payload is on stdin.
+    #[arg(long, value_name = "[TYPE[:NAME]=]COMMAND")]
+    pub event_handler: Vec<String>,
+    /// A handler still running after this long is killed (a Go duration: 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub event_handler_timeout: std::time::Duration,
+    /// Largest name plus payload of a user event this agent fires, in bytes (at most 1000).
+    #[arg(long, value_name = "BYTES", default_value_t = events::user::DEFAULT_MAX_EVENT_SIZE)]
+    pub event_size_limit: usize,
     /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,

@@ -73,6 +73,14 @@ pub struct Config {
     pub raft_snapshot_threshold: u64,
     /// Raft log entries kept behind a snapshot.
     pub raft_trailing_logs: u64,
+    /// Event handlers, as given (`[TYPE[:NAME]=]COMMAND`).
+    pub event_handlers: Vec<String>,
+    /// How long an event handler may run.
+    pub event_handler_timeout: std::time::Duration,
+    /// Limit on the name plus payload of the user events this agent fires.
+    pub event_size_limit: events::SizeLimit,
+    /// Services defined for this agent (from config files).
+    pub services: Vec<crate::local::ServiceDefinition>,
 }
 
 /// A flag combination that cannot run.
@@ -105,6 +113,9 @@ pub enum ConfigError {
     /// A join address that is not `IP` or `IP:PORT`.
     #[error("invalid join address {0:?}: want IP or IP:PORT")]
     JoinAddress(String),
+    /// A user event size limit out of range.
+    #[error("--event-size-limit: {0}")]
+    EventSizeLimit(String),
     /// A bootstrap-expect value that makes no sense.
     #[error("--bootstrap-expect {0}: {1}")]
     BootstrapExpect(u32, &'static str),
@@ -189,6 +200,11 @@ impl Config {
             dead_server_cleanup: args.dead_server_cleanup,
             raft_snapshot_threshold: args.raft_snapshot_threshold.max(1),
             raft_trailing_logs: args.raft_trailing_logs,
+            event_handlers: args.event_handler.clone(),
+            event_handler_timeout: args.event_handler_timeout,
+            event_size_limit: events::SizeLimit::new(args.event_size_limit)
+                .map_err(|e| ConfigError::EventSizeLimit(e.to_string()))?,
+            services: Vec::new(),
         })
     }
 }

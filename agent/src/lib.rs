@@ -15,6 +15,7 @@
 //! - [`servers`]: servers found through gossip: forming the cluster, autopilot.
 //! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
 //! - [`http`]: the Consul-compatible HTTP API.
+//! - [`local`]: the services defined on this host.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
 //! - [`commands`]: `agent kv`, `agent tls`, `agent info`.
 //! - [`node_id`], [`logging`], [`signals`]: the node's stable id, logs, Ctrl-C/SIGTERM.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod gossip;
 pub mod http;
+pub mod local;
 pub mod logging;
 pub mod node_id;
 pub mod raft;

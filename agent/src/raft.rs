@@ -67,3 +67,34 @@ impl consensus::RaftTransport for QuicRaftTransport {
             .map_err(|e| TransportError::Network(format!("decoding the answer of {addr}: {e}")))
     }
 }
+
+/// Publishes every KV write of `changes` (a server's [`consensus::KvReader::changes`])
+/// on the bus as [`events::Event::Kv`], until `shutdown` fires or the server closes.
+pub async fn publish_kv_changes(
+    mut changes: tokio::sync::broadcast::Receiver<consensus::KvChange>,
+    bus: events::Bus,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match change {
+            Ok(change) => {
+                bus.publish(events::Event::Kv {
+                    key: change.key,
+                    modify_index: change.modify_index,
+                    deleted: change.kind != consensus::KvChangeKind::Set,
+                    recurse: change.kind == consensus::KvChangeKind::DeleteTree,
+                });
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "KV changes not published: the bus fell behind");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -83,7 +83,7 @@ impl Agent {
             advertise,
             transport.clone(),
             datagrams,
-            bus,
+            bus.clone(),
             &tracker,
             shutdown.clone(),
         )?;
@@ -102,6 +102,11 @@ impl Agent {
             )
             .await?;
             router.set_raft(raft.clone());
+            tracker.spawn(crate::raft::publish_kv_changes(
+                raft.kv().changes(),
+                bus.clone(),
+                shutdown.clone(),
+            ));
             // The other servers of the Raft configuration gossip on the same addresses:
             // rejoin through them too, in case the saved member list was empty.
             let raft_config = raft.membership();
@@ -146,6 +151,7 @@ impl Agent {
             },
             raft.clone(),
             gossip.clone(),
+            bus.clone(),
             transport.clone(),
             shutdown.clone(),
         );
@@ -245,6 +251,9 @@ fn start_gossip(
         join,
         data_dir: data_dir.to_path_buf(),
         seed: uuid::Uuid::new_v4().as_u64_pair().0,
+        event_ltime: saved.event_ltime,
+        event_size_limit: config.event_size_limit,
+        services: config.services.clone(),
     };
     Gossip::spawn(gossip_config, transport, datagrams, bus, tracker, shutdown)
         .context("starting gossip")

@@ -30,7 +30,7 @@ use std::ops::ControlFlow;
 use crate::error::StoreError;
 use crate::txn;
 use crate::types::{KvEntry, Request, Response};
-use crate::watch::Changes;
+use crate::watch::{Changes, KvChangeKind};
 
 /// Read access to the KV tables.
 pub(crate) trait KvView {
@@ -183,7 +183,7 @@ pub(crate) fn set(
         },
     };
     tables.put(&entry)?;
-    changes.key(key);
+    changes.record(key, index, KvChangeKind::Set);
     bump_table_index(tables, index)
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn delete(
 ) -> Result<(), StoreError> {
     if tables.remove(key)? {
         tables.put_tombstone(key, index)?;
-        changes.key(key);
+        changes.record(key, index, KvChangeKind::Delete);
         bump_table_index(tables, index)?;
     }
     Ok(())
@@ -254,7 +254,7 @@ pub(crate) fn delete_tree(
         if !prefix.is_empty() {
             tables.put_tombstone(prefix, index)?;
         }
-        changes.tree(prefix);
+        changes.record(prefix, index, KvChangeKind::DeleteTree);
         bump_table_index(tables, index)?;
     }
     Ok(())

@@ -81,4 +81,4 @@ pub use txn::{MAX_TXN_BYTES, MAX_TXN_OPS, TxnError, TxnOp, TxnOutcome, TxnResult
 pub use types::{
     KvEntry, MAX_KEY_LEN, MAX_VALUE_LEN, NodeId, Request, Response, ServerNode, TypeConfig,
 };
-pub use watch::{WatchScope, WatchStats};
+pub use watch::{CHANGE_FEED_CAPACITY, KvChange, KvChangeKind, WatchScope, WatchStats};

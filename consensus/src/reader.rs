@@ -52,6 +52,15 @@ impl KvReader {
         Ok(read(&view)?)
     }
 
+    /// Follows the writes this server applies from now on, in order: sets, deletes and
+    /// tree deletes with their Raft index. A follower that falls more than
+    /// [`CHANGE_FEED_CAPACITY`](crate::CHANGE_FEED_CAPACITY) behind loses the oldest and
+    /// is told how many. A snapshot install replaces the state without reporting
+    /// individual writes.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<crate::KvChange> {
+        self.watches.subscribe_changes()
+    }
+
     /// The entry stored under `key`.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
         self.with_view(|v| kv::KvView::entry(v, key))

@@ -25,7 +25,33 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+/// Changes kept for a slow follower of [`KvReader::changes`](crate::KvReader::changes)
+/// before it starts losing the oldest.
+pub const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// One write applied to the KV state, as followers of the change feed see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvChange {
+    /// The key written or deleted, or the prefix deleted as a tree.
+    pub key: String,
+    /// The Raft index of the write (the key's `ModifyIndex` after a set).
+    pub modify_index: u64,
+    /// What the write did.
+    pub kind: KvChangeKind,
+}
+
+/// What a [`KvChange`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvChangeKind {
+    /// The key was set (put, CAS, lock acquire or release).
+    Set,
+    /// The key was deleted.
+    Delete,
+    /// Every key under the prefix was deleted.
+    DeleteTree,
+}
 
 /// What a blocking query watches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,9 +87,24 @@ pub(crate) struct Changes {
     pub(crate) all_prefixes: bool,
     /// Everything may have changed (a snapshot was installed).
     pub(crate) all: bool,
+    /// The writes, in the order they were applied, for the change feed.
+    pub(crate) feed: Vec<KvChange>,
 }
 
 impl Changes {
+    /// Records a write for the change feed (and the watchers of its key or prefix).
+    pub(crate) fn record(&mut self, key: &str, modify_index: u64, kind: KvChangeKind) {
+        match kind {
+            KvChangeKind::Set | KvChangeKind::Delete => self.key(key),
+            KvChangeKind::DeleteTree => self.tree(key),
+        }
+        self.feed.push(KvChange {
+            key: key.to_owned(),
+            modify_index,
+            kind,
+        });
+    }
+
     pub(crate) fn key(&mut self, key: &str) {
         if !self.keys.contains(key) {
             self.keys.insert(key.to_owned());
@@ -81,6 +122,7 @@ impl Changes {
         self.trees.extend(other.trees);
         self.all_prefixes |= other.all_prefixes;
         self.all |= other.all;
+        self.feed.extend(other.feed);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -131,11 +173,22 @@ impl Slots {
     }
 }
 
-/// The watchers of one server, shared by its state machine and its readers.
-#[derive(Default)]
+/// The watchers of one server, shared by its state machine and its readers, and the
+/// feed of applied writes.
 pub(crate) struct WatchRegistry {
     slots: Mutex<Slots>,
     wakeups: AtomicU64,
+    feed: broadcast::Sender<KvChange>,
+}
+
+impl Default for WatchRegistry {
+    fn default() -> Self {
+        WatchRegistry {
+            slots: Mutex::default(),
+            wakeups: AtomicU64::default(),
+            feed: broadcast::Sender::new(CHANGE_FEED_CAPACITY),
+        }
+    }
 }
 
 impl WatchRegistry {
@@ -171,10 +224,21 @@ impl WatchRegistry {
         }
     }
 
-    /// Wakes the watchers of what `changes` touched. Call after the change committed.
+    /// Follows the writes applied from now on.
+    pub(crate) fn subscribe_changes(&self) -> broadcast::Receiver<KvChange> {
+        self.feed.subscribe()
+    }
+
+    /// Wakes the watchers of what `changes` touched and passes its writes to the change
+    /// feed. Call after the change committed.
     pub(crate) fn notify(&self, changes: &Changes) {
         if changes.is_empty() {
             return;
+        }
+        if self.feed.receiver_count() > 0 {
+            for change in &changes.feed {
+                let _ = self.feed.send(change.clone());
+            }
         }
         let slots = self.lock();
         if changes.all {
@@ -301,6 +365,34 @@ mod tests {
         keys.iter().for_each(|k| c.key(k));
         trees.iter().for_each(|t| c.tree(t));
         c
+    }
+
+    #[test]
+    fn the_change_feed_reports_writes_in_order_to_its_followers() {
+        let registry = WatchRegistry::default();
+        let mut before = Changes::default();
+        before.record("a", 5, KvChangeKind::Set);
+        // Nobody follows yet: nothing is kept for later followers.
+        registry.notify(&before);
+        let mut feed = registry.subscribe_changes();
+
+        let mut c = Changes::default();
+        c.record("a", 6, KvChangeKind::Set);
+        c.record("b", 6, KvChangeKind::Delete);
+        c.record("p/", 7, KvChangeKind::DeleteTree);
+        assert!(c.keys.contains("a") && c.keys.contains("b") && c.trees.contains("p/"));
+        registry.notify(&c);
+        let got: Vec<(String, u64, KvChangeKind)> = std::iter::from_fn(|| feed.try_recv().ok())
+            .map(|c| (c.key, c.modify_index, c.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), 6, KvChangeKind::Set),
+                ("b".into(), 6, KvChangeKind::Delete),
+                ("p/".into(), 7, KvChangeKind::DeleteTree),
+            ]
+        );
     }
 
     /// Registers one watcher per scope and returns which of them `changes` wakes.

@@ -61,6 +61,8 @@ pub enum Event {
         modify_index: u64,
         /// Whether the write deleted the key.
         deleted: bool,
+        /// Whether every key under `key` (a prefix) was deleted at once.
+        recurse: bool,
     },
     /// A health check changed status.
     #[serde(rename_all = "PascalCase")]
@@ -125,10 +127,11 @@ mod tests {
             key: "app/config".into(),
             modify_index: 12,
             deleted: false,
+            recurse: false,
         };
         assert_eq!(
             serde_json::to_value(kv).unwrap(),
-            json!({"Type": "Kv", "Key": "app/config", "ModifyIndex": 12, "Deleted": false})
+            json!({"Type": "Kv", "Key": "app/config", "ModifyIndex": 12, "Deleted": false, "Recurse": false})
         );
 
         let health = Event::Health {

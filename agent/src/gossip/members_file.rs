@@ -2,7 +2,8 @@
 //!
 //! The file holds the gossip generation of the last start (bumped at every start, so a
 //! restarted node supersedes its old self whatever the clock says) and the addresses of
-//! the members last known. It is written whole to a temporary file, fsynced and renamed,
+//! the members last known, and the user event clock (so that old events do not fire
+//! again). It is written whole to a temporary file, fsynced and renamed,
 //! so a crash leaves either the old or the new file.
 
 use std::fs;
@@ -26,6 +27,10 @@ pub struct MembersFile {
     pub generation: u64,
     /// Addresses of members last known alive.
     pub peers: Vec<SocketAddr>,
+    /// The user event Lamport clock: events below it were handled before (or missed) and
+    /// must not fire again after a restart.
+    #[serde(default)]
+    pub event_ltime: u64,
 }
 
 impl MembersFile {
@@ -55,6 +60,7 @@ impl MembersFile {
         let body = serde_json::to_vec_pretty(&MembersFile {
             generation: self.generation,
             peers,
+            event_ltime: self.event_ltime,
         })?;
         let mut file =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -82,9 +88,22 @@ mod tests {
         let saved = MembersFile {
             generation: 7,
             peers: vec!["127.0.0.2:8301".parse().unwrap()],
+            event_ltime: 12,
         };
         saved.save(dir.path()).unwrap();
         assert_eq!(MembersFile::load(dir.path()).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_file_without_an_event_clock_starts_it_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            MembersFile::path(dir.path()),
+            r#"{"generation": 3, "peers": []}"#,
+        )
+        .unwrap();
+        let loaded = MembersFile::load(dir.path()).unwrap();
+        assert_eq!((loaded.generation, loaded.event_ltime), (3, 0));
     }
 
     #[test]
@@ -93,6 +112,7 @@ mod tests {
         fs::write(MembersFile::path(dir.path()), "{").unwrap();
         assert!(MembersFile::load(dir.path()).is_err());
         let many = MembersFile {
+            event_ltime: 0,
             generation: 1,
             peers: (0..1000u16)
                 .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))

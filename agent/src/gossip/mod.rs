@@ -13,6 +13,7 @@
 //! that certificate.
 
 pub mod members_file;
+pub mod user_events;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,9 +21,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{Bus, Event, MemberEvent, MemberEventKind};
+use bytes::Bytes;
+use events::{
+    Bus, Event, EventFilter, LamportClock, MemberEvent, MemberEventKind, SizeLimit, UserEvent,
+    UserEventError,
+};
 use futures::StreamExt;
-use membership::{ChangeKind, Effect, Member, Membership, MembershipConfig, NodeIdentity};
+use membership::{
+    ChangeKind, Effect, EventKey, Member, Membership, MembershipConfig, NodeIdentity,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -30,8 +37,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
 
+use crate::local::ServiceDefinition;
 use crate::transport::{Datagram, DatagramReceiver, Transport};
 use members_file::MembersFile;
+use user_events::EventLog;
 
 /// How long a graceful leave keeps gossiping so the news spreads before the agent exits.
 pub const LEAVE_PROPAGATE: Duration = Duration::from_secs(2);
@@ -58,9 +67,26 @@ pub enum GossipError {
     /// The membership state refused the command.
     #[error("{0}")]
     Membership(#[from] membership::MembershipError),
+    /// A user event that may not be fired.
+    #[error("{0}")]
+    Event(#[from] UserEventError),
+    /// A user event that could not be encoded.
+    #[error("encoding the user event: {0}")]
+    Encode(events::user::CodecError),
     /// The gossip task has stopped (the agent is shutting down).
     #[error("gossip is not running")]
     Stopped,
+}
+
+impl GossipError {
+    /// Whether a user event was refused for its size (HTTP 413).
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            GossipError::Event(e) => e.is_too_large(),
+            GossipError::Membership(membership::MembershipError::EventTooLarge { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Settings of the LAN gossip of one agent.
@@ -76,19 +102,49 @@ pub struct GossipConfig {
     pub data_dir: PathBuf,
     /// Seed of the membership's randomness.
     pub seed: u64,
+    /// The user event clock saved at the last run: events below it do not fire again.
+    pub event_ltime: u64,
+    /// Limit on the name plus payload of the user events fired here.
+    pub event_size_limit: SizeLimit,
+    /// This agent's services, for the service and tag filters of user events.
+    pub services: Vec<ServiceDefinition>,
+}
+
+/// A user event to fire: what the operator chose. The agent adds the ID, the Lamport
+/// time and itself as the origin.
+#[derive(Debug, Clone, Default)]
+pub struct FireRequest {
+    /// The event's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Which agents should process it.
+    pub filter: EventFilter,
+}
+
+/// The members as the driver last published them, with a counter of changes (the
+/// blocking-query index of `/v1/agent/members`).
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// Moves on every membership change; starts at 1.
+    pub index: u64,
+    /// Everyone known, this node included, sorted by name.
+    pub members: Arc<Vec<Member>>,
 }
 
 enum Command {
     Join(SocketAddr, oneshot::Sender<Result<(), GossipError>>),
     Leave(oneshot::Sender<Result<(), GossipError>>),
     ForceLeave(String, oneshot::Sender<Result<bool, GossipError>>),
+    Fire(FireRequest, oneshot::Sender<Result<UserEvent, GossipError>>),
 }
 
 /// A handle on the gossip task. Cheap to clone.
 #[derive(Clone)]
 pub struct Gossip {
     commands: mpsc::Sender<Command>,
-    members: watch::Receiver<Arc<Vec<Member>>>,
+    members: watch::Receiver<MemberView>,
+    events: Arc<EventLog>,
 }
 
 impl Gossip {
@@ -102,10 +158,21 @@ impl Gossip {
         shutdown: CancellationToken,
     ) -> Result<Gossip, GossipError> {
         let dc = config.membership.dc.clone();
-        let membership = Membership::new(config.me.clone(), config.membership, config.seed)?;
-        let (members_tx, members) = watch::channel(Arc::new(membership.members()));
+        let mut membership = Membership::new(config.me.clone(), config.membership, config.seed)?;
+        // Events below the saved clock were handled (or missed) before the restart.
+        membership.set_event_floor(config.event_ltime);
+        let (members_tx, members) = watch::channel(MemberView {
+            index: 1,
+            members: Arc::new(membership.members()),
+        });
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let events = EventLog::new();
         let driver = Driver {
+            clock: LamportClock::new(config.event_ltime),
+            event_size_limit: config.event_size_limit,
+            services: config.services,
+            events: events.clone(),
+            events_dirty: false,
             membership,
             transport,
             dc,
@@ -118,7 +185,11 @@ impl Gossip {
             dirty: true,
         };
         tracker.spawn(driver.run(datagrams, command_rx, shutdown.clone()));
-        let gossip = Gossip { commands, members };
+        let gossip = Gossip {
+            commands,
+            members,
+            events,
+        };
         gossip.join_in_background(config.join, tracker, shutdown);
         Ok(gossip)
     }
@@ -138,7 +209,46 @@ impl Gossip {
 
     /// Everyone known, this node included, sorted by name.
     pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.borrow().members.clone()
+    }
+
+    /// The members and the index of that view.
+    pub fn member_view(&self) -> MemberView {
         self.members.borrow().clone()
+    }
+
+    /// Waits (at most `wait`) until the members' index differs from `index`, then
+    /// returns the view; at the deadline, returns the current one.
+    pub async fn wait_members(&self, index: u64, wait: Duration) -> MemberView {
+        let mut members = self.members.clone();
+        let deadline = Instant::now() + wait;
+        loop {
+            let view = members.borrow_and_update().clone();
+            if view.index != index {
+                return view;
+            }
+            tokio::select! {
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        return view;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return view,
+            }
+        }
+    }
+
+    /// The user events this agent received or fired that passed its filters.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Fires a user event: stamps it with the event clock, gossips it to every member
+    /// and handles it here too. Returns the event as fired.
+    pub async fn fire(&self, request: FireRequest) -> Result<UserEvent, GossipError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Fire(request, reply)).await?;
+        answer.await.map_err(|_| GossipError::Stopped)?
     }
 
     /// Announces this node to `addr` and waits until a member at that address is alive
@@ -202,11 +312,18 @@ async fn join_at_start(gossip: Gossip, addrs: Vec<SocketAddr>, shutdown: Cancell
 
 struct Driver {
     membership: Membership,
+    /// The user event clock.
+    clock: LamportClock,
+    event_size_limit: SizeLimit,
+    services: Vec<ServiceDefinition>,
+    events: Arc<EventLog>,
+    /// An event was handled since the clock was last saved.
+    events_dirty: bool,
     transport: Transport,
     dc: String,
     bus: Bus,
     timers: DelayQueue<membership::MembershipTimer>,
-    members: watch::Sender<Arc<Vec<Member>>>,
+    members: watch::Sender<MemberView>,
     data_dir: PathBuf,
     pending_joins: Vec<(SocketAddr, oneshot::Sender<Result<(), GossipError>>)>,
     leaving: Option<(Instant, oneshot::Sender<Result<(), GossipError>>)>,
@@ -263,6 +380,63 @@ impl Driver {
             Command::ForceLeave(name, reply) => {
                 let _ = reply.send(self.membership.force_leave(&name).map_err(Into::into));
             }
+            Command::Fire(request, reply) => {
+                let _ = reply.send(self.fire(request));
+            }
+        }
+    }
+
+    /// Stamps, checks and gossips a user event fired here, then handles it as received.
+    fn fire(&mut self, request: FireRequest) -> Result<UserEvent, GossipError> {
+        let mut event = UserEvent::new(
+            UserEvent::new_id(rand::random()),
+            request.name,
+            request.payload,
+            self.clock.time(),
+            self.membership.me().name.clone(),
+        );
+        event.filter = request.filter;
+        event.validate(self.event_size_limit)?;
+        let bytes = event.encode().map_err(GossipError::Encode)?;
+        let key = EventKey {
+            ltime: event.ltime,
+            id: *event.id.as_bytes(),
+        };
+        self.membership.broadcast_event(key, Bytes::from(bytes))?;
+        // Only a fired event moves the clock on; a refused one leaves it as it was.
+        self.clock.increment();
+        self.accept(event.clone());
+        // Saved before the caller hears of it (and before local handlers run), so a
+        // restart does not fire it again.
+        self.save_events();
+        Ok(event)
+    }
+
+    /// Keeps a user event that passed this agent's filters and publishes it.
+    fn accept(&mut self, event: UserEvent) {
+        self.events_dirty = true;
+        let services = self
+            .services
+            .iter()
+            .map(|s| (s.service.as_str(), s.tags.as_slice()));
+        match event.filter.matches(&self.membership.me().name, services) {
+            Ok(true) => {
+                tracing::info!(
+                    name = %event.name,
+                    id = %event.id,
+                    ltime = event.ltime,
+                    origin = %event.origin,
+                    "user event"
+                );
+                self.events.push(event.clone());
+                self.bus.publish(Event::User(event));
+            }
+            Ok(false) => {
+                tracing::debug!(name = %event.name, id = %event.id, "user event not for this agent")
+            }
+            Err(e) => {
+                tracing::debug!(name = %event.name, id = %event.id, "user event dropped: {e}")
+            }
         }
     }
 
@@ -283,20 +457,21 @@ impl Driver {
     /// Carries out every effect the membership state asked for.
     fn drain(&mut self) {
         let mut changed = false;
+        let mut received = Vec::new();
         while let Some(effect) = self.membership.poll_effect() {
             match effect {
                 Effect::Send { to, data } => self.transport.send_datagram_detached(to, data),
                 Effect::Schedule { timer, after } => {
                     self.timers.insert(timer, after);
                 }
-                Effect::Event { key, payload } => match events::UserEvent::decode(&payload) {
-                    Ok(event) if event.ltime == key.ltime => {
-                        self.bus.publish(Event::User(event));
+                Effect::Event { key, payload } => match UserEvent::decode(&payload) {
+                    Ok(event) if event.ltime == key.ltime && *event.id.as_bytes() == key.id => {
+                        received.push(event);
                     }
                     Ok(event) => tracing::debug!(
                         ltime = event.ltime,
                         key_ltime = key.ltime,
-                        "user event dropped: its time does not match its gossip key"
+                        "user event dropped: it does not match its gossip key"
                     ),
                     Err(e) => tracing::debug!("user event dropped: {e}"),
                 },
@@ -313,11 +488,29 @@ impl Driver {
                 }
             }
         }
+        // Every event time seen, handled or stale, moves the clock past it.
+        let newest = self.membership.max_event_ltime();
+        if newest >= self.clock.time() {
+            self.clock.witness(newest);
+            self.events_dirty = true;
+        }
+        if !received.is_empty() {
+            // The clock is saved before the events are handled, so that an agent killed
+            // right after does not handle them again when it restarts.
+            self.save_events();
+            for event in received {
+                self.accept(event);
+            }
+        }
         if changed {
             self.dirty = true;
             let members = self.membership.members();
             self.answer_joins(&members);
-            self.members.send_replace(Arc::new(members));
+            let index = self.members.borrow().index + 1;
+            self.members.send_replace(MemberView {
+                index,
+                members: Arc::new(members),
+            });
         }
         // Callers that gave up no longer need an answer.
         self.pending_joins.retain(|(_, reply)| !reply.is_closed());
@@ -339,9 +532,18 @@ impl Driver {
         self.pending_joins = waiting;
     }
 
-    /// Saves the generation and the addresses of live members, if they changed.
+    /// Saves the member list and the event clock now, if the clock moved.
+    fn save_events(&mut self) {
+        if self.events_dirty {
+            self.dirty = true;
+            self.save();
+        }
+    }
+
+    /// Saves the generation, the addresses of live members and the event clock, if
+    /// they changed.
     fn save(&mut self) {
-        if !self.dirty {
+        if !self.dirty && !self.events_dirty {
             return;
         }
         let me = self.membership.me().name.clone();
@@ -357,9 +559,13 @@ impl Driver {
         let file = MembersFile {
             generation: self.membership.me().generation,
             peers,
+            event_ltime: self.clock.time(),
         };
         match file.save(&self.data_dir) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.dirty = false;
+                self.events_dirty = false;
+            }
             Err(e) => tracing::warn!("saving the member list: {e:#}"),
         }
     }

@@ -98,15 +98,24 @@ fn no_wan(params: &Params) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /v1/agent/members`: every member this agent knows, itself included.
+/// `GET /v1/agent/members`: every member this agent knows, itself included. Its
+/// `X-Consul-Index` moves on every membership change; with `?index=` the request blocks
+/// until it does (an extension: Consul's endpoint does not block).
 pub async fn members(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    no_wan(&Params::parse(query.as_deref()))?;
-    let members = state.inner.gossip.members();
-    let body: Vec<MemberJson> = members.iter().map(MemberJson::from).collect();
-    Ok(json(&body))
+    let params = Params::parse(query.as_deref());
+    no_wan(&params)?;
+    let view = match params.u64("index")?.filter(|i| *i > 0) {
+        Some(index) => {
+            let wait = super::blocking_wait(&params)?;
+            state.inner.gossip.wait_members(index, wait).await
+        }
+        None => state.inner.gossip.member_view(),
+    };
+    let body: Vec<MemberJson> = view.members.iter().map(MemberJson::from).collect();
+    Ok((super::event::index_header(view.index), json(&body)).into_response())
 }
 
 /// `PUT /v1/agent/join/<addr>`: announces this agent to `addr` and waits for an answer.

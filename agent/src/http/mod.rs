@@ -5,6 +5,7 @@
 
 mod agent;
 mod error;
+mod event;
 pub mod forward;
 mod kv;
 mod operator;
@@ -57,17 +58,19 @@ struct ApiInner {
     info: SelfInfo,
     raft: Option<Raft>,
     gossip: Gossip,
+    bus: events::Bus,
     transport: Transport,
     shutdown: CancellationToken,
 }
 
 impl ApiState {
-    /// The state of an agent; `raft` is `Some` on servers. `shutdown` stops the agent
-    /// (after `/v1/agent/leave`).
+    /// The state of an agent; `raft` is `Some` on servers; `bus` is what
+    /// `/v1/event/stream` follows. `shutdown` stops the agent (after `/v1/agent/leave`).
     pub fn new(
         info: SelfInfo,
         raft: Option<Raft>,
         gossip: Gossip,
+        bus: events::Bus,
         transport: Transport,
         shutdown: CancellationToken,
     ) -> ApiState {
@@ -76,6 +79,7 @@ impl ApiState {
                 info,
                 raft,
                 gossip,
+                bus,
                 transport,
                 shutdown,
             }),
@@ -160,6 +164,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/join/{*addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
+        .route("/v1/event/fire/", put(event::fire))
+        .route("/v1/event/fire/{*name}", put(event::fire))
+        .route("/v1/event/list", get(event::list))
+        .route("/v1/event/stream", get(event::stream))
         .fallback(not_found)
         .with_state(state)
 }

@@ -131,3 +131,60 @@ fn status_leader(addr: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[test]
+fn deploy_events_reach_every_host_handler() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/deploy-events/run.sh"
+    );
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("AGENT", support::agent_bin())
+        .env("BASE", "51")
+        .env_remove("KEEP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            panic!("the script did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = reader.join().unwrap();
+    assert!(status.success(), "output:\n{}", output.join("\n"));
+    for host in 1..=4 {
+        let want = format!("host-{host}: v42");
+        assert!(
+            output.contains(&want),
+            "{want} missing; output:\n{}",
+            output.join("\n")
+        );
+    }
+    assert!(output.iter().any(|l| l.starts_with("Event ID: ")));
+    assert!(output.iter().any(|l| l == "every host deployed v42"));
+    for last in 51..=54 {
+        let addr = format!("127.0.0.{last}:8500");
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "an agent still answers on {addr}"
+        );
+    }
+}

@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The agent binary: next to this one, built with cargo if it is not there yet.
+/// The agent binary next to this one, (re)built with cargo first so that it is never
+/// older than the source; without cargo, the one that is there.
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating the bench binary")?;
     let dir = me.parent().context("the bench binary has no directory")?;
     let agent = dir.join("agent");
-    if agent.exists() {
+    if std::env::var_os("CARGO").is_none() && agent.exists() {
         return Ok(agent);
     }
     let profile = if dir.ends_with("release") {
@@ -22,7 +23,7 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     } else {
         "--profile=dev"
     };
-    eprintln!("building the agent ({profile})...");
+    eprintln!("building the agent ({profile}) if it changed...");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", profile, "-p", "agent"])
         .status()

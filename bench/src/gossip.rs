@@ -2,7 +2,9 @@
 //!
 //! Measures: the time until every agent sees N alive; after `kill -9` of one, the time
 //! until every other agent marks it failed; false alarms (any other member ever marked
-//! suspect or failed, read from the agents' logs); resident memory per agent.
+//! suspect or failed, read from the agents' logs); the time for a user event to reach
+//! every agent (each agent's `/v1/event/stream` reports when it got it); resident memory
+//! per agent.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -28,6 +30,9 @@ pub struct GossipArgs {
 }
 
 const POLL: Duration = Duration::from_millis(100);
+
+/// User events fired one after the other to measure how fast they spread.
+const EVENTS: usize = 20;
 
 pub async fn run(args: GossipArgs) -> anyhow::Result<()> {
     if !(2..=250).contains(&args.agents) {
@@ -88,7 +93,10 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
         .filter_map(AgentProc::rss_kib)
         .collect();
 
-    // Phase 2: kill -9 of the last agent, until every other one marks it failed.
+    // Phase 2: user events, one at a time, each until every agent has it.
+    let event_times = event_latencies(&cluster.agents, limit).await?;
+
+    // Phase 3: kill -9 of the last agent, until every other one marks it failed.
     let mut victim = cluster.agents.pop().expect("at least two agents");
     victim.kill9();
     let killed = Instant::now();
@@ -146,12 +154,95 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     );
     println!("| live members ever marked suspect | {false_suspect} |");
     println!("| live members ever marked failed | {false_failed} |");
+    let (event_median, event_max) = median_max(event_times);
+    println!(
+        "| user event to all {n} agents, median / max of {EVENTS} | {event_median} / {event_max} ms |"
+    );
     println!(
         "| RSS per client agent, median / max | {:.1} / {:.1} MiB |",
         rss_median as f64 / 1024.0,
         rss_max as f64 / 1024.0
     );
     Ok(())
+}
+
+/// Fires [`EVENTS`] user events, each from another agent, and returns for each the
+/// milliseconds from the fire request until the last agent's event stream delivered it.
+async fn event_latencies(agents: &[AgentProc], limit: Duration) -> anyhow::Result<Vec<u64>> {
+    let streams = reqwest::Client::new();
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let mut followers = tokio::task::JoinSet::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let url = format!("http://{}/v1/event/stream?type=user", agent.http);
+        let response = streams.get(url).send().await?.error_for_status()?;
+        let arrived = arrived.clone();
+        followers.spawn(follow_stream(i, response, arrived));
+    }
+    let fire = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut times = Vec::with_capacity(EVENTS);
+    for e in 0..EVENTS {
+        let from = &agents[e * 7 % agents.len()];
+        let started = Instant::now();
+        let fired: serde_json::Value = fire
+            .put(format!("http://{}/v1/event/fire/bench", from.http))
+            .body(format!("event {e}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = fired["ID"].as_str().unwrap_or_default().to_string();
+        let mut have = vec![false; agents.len()];
+        while have.iter().any(|h| !h) {
+            let remaining = limit.saturating_sub(started.elapsed());
+            match tokio::time::timeout(remaining, arrivals.recv()).await {
+                Ok(Some((agent, got))) if got == id => have[agent] = true,
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("the event streams closed"),
+                Err(_) => bail!(
+                    "event {e} reached {}/{} agents in {limit:?}",
+                    have.iter().filter(|h| **h).count(),
+                    agents.len()
+                ),
+            }
+        }
+        let took = started.elapsed();
+        times.push(took.as_millis() as u64);
+        progress(&format!(
+            "user events: {}/{EVENTS}, last reached all in {} ms",
+            e + 1,
+            took.as_millis()
+        ));
+    }
+    followers.abort_all();
+    Ok(times)
+}
+
+/// Reports `(agent, event ID)` for every user event on one agent's stream.
+async fn follow_stream(
+    agent: usize,
+    mut response: reqwest::Response,
+    arrived: tokio::sync::mpsc::UnboundedSender<(usize, String)>,
+) {
+    let mut pending = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Some(id) = stream_event_id(&line) {
+                let _ = arrived.send((agent, id));
+            }
+        }
+    }
+}
+
+/// The `ID` of a `data:` line of the event stream.
+fn stream_event_id(line: &[u8]) -> Option<String> {
+    let data = std::str::from_utf8(line).ok()?.strip_prefix("data:")?;
+    let event: serde_json::Value = serde_json::from_str(data.trim()).ok()?;
+    Some(event["ID"].as_str()?.to_string())
 }
 
 /// What every agent's `/v1/agent/members` says: (name, status) pairs; empty if it did
@@ -242,6 +333,16 @@ mod tests {
         assert_eq!(field(line, "member"), Some("node-007"));
         assert_eq!(field(line, "change"), Some("Suspect"));
         assert_eq!(field(line, "nope"), None);
+    }
+
+    #[test]
+    fn event_ids_are_read_from_data_lines() {
+        assert_eq!(
+            stream_event_id(b"data: {\"ID\":\"abc\",\"Name\":\"bench\"}\n").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(stream_event_id(b"event: user\n"), None);
+        assert_eq!(stream_event_id(b": heartbeat\n"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// Default address of the local agent's HTTP API.
@@ -42,6 +43,32 @@ pub enum Command {
     ForceLeave(ForceLeaveArgs),
     /// Operate the cluster.
     Operator(OperatorArgs),
+    /// Fire a user event through the local agent.
+    Event(EventArgs),
+}
+
+/// `agent event --name NAME [PAYLOAD] [--node RE] [--service RE] [--tag RE]`
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Name of the event.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    pub name: String,
+    /// Payload of the event ("-" reads it from stdin; none sends an empty payload).
+    pub payload: Option<String>,
+    /// Only agents whose node name matches this regular expression handle the event.
+    #[arg(long, value_name = "REGEX")]
+    pub node: Option<String>,
+    /// Only agents with a local service whose name matches this regular expression
+    /// handle the event.
+    #[arg(long, value_name = "REGEX")]
+    pub service: Option<String>,
+    /// With --service: only agents where a matching service has a tag matching this
+    /// regular expression handle the event.
+    #[arg(long, value_name = "REGEX", requires = "service")]
+    pub tag: Option<String>,
 }
 
 /// `agent operator ...`

@@ -62,6 +62,11 @@ fn main() -> ExitCode {
                 let client = ApiClient::new(&args.http.http_addr)?;
                 Ok(commands::operator::run(&client, args.command, stdout).await?)
             }
+            Command::Event(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                let stdin = &mut std::io::stdin().lock();
+                Ok(commands::event::fire(&client, &args, stdin, stdout).await?)
+            }
             Command::ForceLeave(args) => {
                 let client = ApiClient::new(&args.http.http_addr)?;
                 Ok(commands::members::force_leave(&client, &args, stdout).await?)

@@ -7,6 +7,7 @@ pub mod kv;
 pub mod members;
 pub mod operator;
 pub mod tls;
+pub mod watch;
 
 use thiserror::Error;
 

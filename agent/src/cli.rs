@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default address of the local agent's HTTP API.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
@@ -42,6 +43,78 @@ pub enum Command {
     ForceLeave(ForceLeaveArgs),
     /// Operate the cluster.
     Operator(OperatorArgs),
+    /// Fire a user event through the local agent.
+    Event(EventArgs),
+    /// Watch a key, a key prefix, user events, the members or the services, and run a
+    /// handler (or print JSON) on every change.
+    Watch(WatchArgs),
+}
+
+/// `agent event --name NAME [PAYLOAD] [--node RE] [--service RE] [--tag RE]`
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Name of the event.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    pub name: String,
+    /// Payload of the event ("-" reads it from stdin; none sends an empty payload).
+    pub payload: Option<String>,
+    /// Only agents whose node name matches this regular expression handle the event.
+    #[arg(long, value_name = "REGEX")]
+    pub node: Option<String>,
+    /// Only agents with a local service whose name matches this regular expression
+    /// handle the event.
+    #[arg(long, value_name = "REGEX")]
+    pub service: Option<String>,
+    /// With --service: only agents where a matching service has a tag matching this
+    /// regular expression handle the event.
+    #[arg(long, value_name = "REGEX", requires = "service")]
+    pub tag: Option<String>,
+}
+
+/// `agent watch --type TYPE [--key K|--prefix P|--name N] [-- HANDLER ARGS...]`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Where the agent listens.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// What to watch.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub kind: WatchKind,
+    /// The key to watch (--type key).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The key prefix to watch (--type keyprefix).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Only user events of this name (--type event).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Longest wait of one blocking query (a Go duration).
+    #[arg(long, hide = true, default_value = "5m", value_parser = parse_duration)]
+    pub wait: std::time::Duration,
+    /// Program (and its arguments) run on every change with the JSON on stdin, without a
+    /// shell, and AGENT_INDEX (for events also AGENT_EVENT=user, AGENT_USER_EVENT=<name>)
+    /// in its environment; without one, each change is printed to stdout as a JSON line.
+    #[arg(last = true, value_name = "HANDLER")]
+    pub handler: Vec<String>,
+}
+
+/// What `agent watch` watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchKind {
+    /// One key: its entry as a JSON object, `null` when absent.
+    Key,
+    /// Every key under a prefix: a JSON array of entries, `[]` when none.
+    Keyprefix,
+    /// User events: each new event as a JSON object, once.
+    Event,
+    /// The members of the LAN pool: a JSON array.
+    Members,
+    /// The services of the catalog: a JSON object of names to tags.
+    Services,
 }
 
 /// `agent operator ...`

@@ -69,6 +69,45 @@ impl MemberJson {
     }
 }
 
+/// A user event as `/v1/event/fire` and `/v1/event/list` return it (Consul's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserEventJson {
+    /// Unique ID (a UUID).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The event's name.
+    pub name: String,
+    /// Base64 of the payload, `None` for an empty payload.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Regex on node names, empty when unset.
+    #[serde(default)]
+    pub node_filter: String,
+    /// Regex on service names, empty when unset.
+    #[serde(default)]
+    pub service_filter: String,
+    /// Regex on service tags, empty when unset.
+    #[serde(default)]
+    pub tag_filter: String,
+    /// Format version.
+    #[serde(default)]
+    pub version: u64,
+    /// Lamport time at which the event was fired.
+    #[serde(rename = "LTime", default)]
+    pub ltime: u64,
+}
+
+/// The answer to a blocking query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockingAnswer {
+    /// `X-Consul-Index`, sent back as `?index=` by the next query (0 when the header is
+    /// missing or not a number).
+    pub index: u64,
+    /// The decoded body; `None` when the agent answered 404 (the data is absent).
+    pub body: Option<serde_json::Value>,
+}
+
 /// What can go wrong talking to the agent.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -253,6 +292,68 @@ impl ApiClient {
         self.json(response).await
     }
 
+    /// `PUT /v1/event/fire/<name>` with `payload` as the body: the event as fired.
+    pub async fn fire_event(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        filter: &events::user::EventFilter,
+    ) -> Result<UserEventJson, ClientError> {
+        let mut url = format!("{}/v1/event/fire/{}", self.base, encode_component(name));
+        let filters = [
+            ("node", &filter.node),
+            ("service", &filter.service),
+            ("tag", &filter.tag),
+        ];
+        let mut separator = '?';
+        for (param, value) in filters {
+            if let Some(value) = value {
+                url.push(separator);
+                url.push_str(param);
+                url.push('=');
+                url.push_str(&encode_component(value));
+                separator = '&';
+            }
+        }
+        let response = self.send(self.http.put(url).body(payload)).await?;
+        let response = self.check(response).await?;
+        self.json(response).await
+    }
+
+    /// `GET <path>` as a blocking query: with `index=<index>&wait=<wait>` unless `index`
+    /// is 0, which asks for the current data at once. A 404 is an absent body, any other
+    /// error status is [`ClientError::Status`].
+    pub async fn get_blocking(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<BlockingAnswer, ClientError> {
+        let mut url = format!("{}{}", self.base, path);
+        if index > 0 {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("index={index}&wait={}ms", wait.as_millis()));
+        }
+        // The agent may add up to wait/16 of jitter; leave room for it and a slow answer.
+        let timeout = wait + wait / 16 + BLOCKING_SLACK;
+        let response = self.send(self.http.get(url).timeout(timeout)).await?;
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(BlockingAnswer { index, body: None });
+        }
+        let response = self.check(response).await?;
+        let body = self.json(response).await?;
+        Ok(BlockingAnswer {
+            index,
+            body: Some(body),
+        })
+    }
+
     /// `GET <path>` decoded as JSON.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let response = self
@@ -263,11 +364,27 @@ impl ApiClient {
     }
 }
 
+/// Time a blocking query may take beyond its wait before the client gives up on it.
+const BLOCKING_SLACK: Duration = Duration::from_secs(10);
+
 /// Percent-encodes a key for a URL path, keeping `/` and unreserved characters.
 pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+    encode(key, b"/")
+}
+
+/// Percent-encodes one path segment or query value: every byte but the unreserved ones
+/// (so `/`, `&`, `=`, `+`, `?` and `#` are encoded).
+pub fn encode_component(text: &str) -> String {
+    encode(text, b"")
+}
+
+fn encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric()
+            || matches!(byte, b'-' | b'_' | b'.' | b'~')
+            || keep.contains(&byte)
+        {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -285,6 +402,16 @@ mod tests {
         assert_eq!(encode_key("a/b-c_d.e~"), "a/b-c_d.e~");
         assert_eq!(encode_key("a b#c?d%"), "a%20b%23c%3Fd%25");
         assert_eq!(encode_key("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn components_are_encoded_whole() {
+        assert_eq!(encode_component("deploy-v1.2_x~"), "deploy-v1.2_x~");
+        assert_eq!(encode_component("a/b c"), "a%2Fb%20c");
+        assert_eq!(
+            encode_component("^web$|a+b&c=d?#"),
+            "%5Eweb%24%7Ca%2Bb%26c%3Dd%3F%23"
+        );
     }
 
     #[test]

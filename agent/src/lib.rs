@@ -17,7 +17,8 @@
 //! - [`http`]: the Consul-compatible HTTP API.
 //! - [`local`]: the services defined on this host.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
-//! - [`commands`]: `agent kv`, `agent tls`, `agent info`.
+//! - [`commands`]: `agent kv`, `agent event`, `agent watch`, the membership and operator
+//!   commands, `agent tls`, `agent info`.
 //! - [`node_id`], [`logging`], [`signals`]: the node's stable id, logs, Ctrl-C/SIGTERM.
 
 pub mod cli;

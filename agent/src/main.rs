@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use agent::cli::{Cli, Command};
 use agent::client::ApiClient;
+use agent::commands::watch::WatchPlan;
 use agent::commands::{self, CommandError};
 use agent::config::Config;
 use clap::Parser;
@@ -61,6 +62,25 @@ fn main() -> ExitCode {
             Command::Operator(args) => {
                 let client = ApiClient::new(&args.http.http_addr)?;
                 Ok(commands::operator::run(&client, args.command, stdout).await?)
+            }
+            Command::Event(args) => {
+                let client = ApiClient::new(&args.http.http_addr)?;
+                let stdin = &mut std::io::stdin().lock();
+                Ok(commands::event::fire(&client, &args, stdin, stdout).await?)
+            }
+            Command::Watch(args) => {
+                let plan = match WatchPlan::from_args(&args) {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        return Err(UsageError.into());
+                    }
+                };
+                let client = ApiClient::new(&args.http.http_addr)?;
+                let shutdown = CancellationToken::new();
+                agent::signals::cancel_on_signal(shutdown.clone())?;
+                let stderr = &mut std::io::stderr();
+                Ok(commands::watch::run(&client, &plan, stdout, stderr, &shutdown).await?)
             }
             Command::ForceLeave(args) => {
                 let client = ApiClient::new(&args.http.http_addr)?;

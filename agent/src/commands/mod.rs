@@ -1,11 +1,13 @@
 //! The commands other than `run`: each turns parsed arguments into work and writes its
 //! output to the writer it is given, so that `main` alone owns stdout and exit codes.
 
+pub mod event;
 pub mod info;
 pub mod kv;
 pub mod members;
 pub mod operator;
 pub mod tls;
+pub mod watch;
 
 use thiserror::Error;
 

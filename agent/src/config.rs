@@ -4,6 +4,8 @@
 //! no I/O, so every rule here is tested without a file system or a socket. Building the
 //! components from a `Config` is [`crate::run`]'s job.
 
+pub mod file;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 

@@ -193,8 +193,18 @@ pub struct ForceLeaveArgs {
 }
 
 /// Flags of `agent run` (DESIGN §3).
-#[derive(Debug, Args, Clone)]
+///
+/// A setting left out here may come from a `--config` file, so the fields hold only what
+/// was typed: the defaults are applied by [`crate::config::Config::build`].
+#[derive(Debug, Args, Clone, Default)]
 pub struct RunArgs {
+    /// TOML or JSON file of settings (repeatable), by extension (.toml, .json). Keys are
+    /// the flag names with underscores (`data_dir`, `join`, ...; `event_handlers` for
+    /// --event-handler) plus `services`. Flags on the command line override the files; later
+    /// files override earlier ones; lists (join, join_wan, event_handlers, services)
+    /// add up. Relative paths in a file are relative to the file's directory.
+    #[arg(long, value_name = "FILE")]
+    pub config: Vec<PathBuf>,
     /// Single server that bootstraps itself, with a temporary data dir (unless
     /// --data-dir is given) and a CA and certificate made on the fly.
     #[arg(long)]
@@ -202,9 +212,9 @@ pub struct RunArgs {
     /// Node name, unique in its datacenter (default: host name).
     #[arg(long)]
     pub node: Option<String>,
-    /// Datacenter name.
-    #[arg(long, default_value = "dc1")]
-    pub dc: String,
+    /// Datacenter name [default: dc1].
+    #[arg(long)]
+    pub dc: Option<String>,
     /// Directory for persistent state (required unless --dev).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -220,15 +230,15 @@ pub struct RunArgs {
     /// Address other agents use to reach this one [default: the bind address].
     #[arg(long, value_name = "IP:PORT")]
     pub advertise: Option<SocketAddr>,
-    /// WAN QUIC address, servers only.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:8302")]
-    pub wan_bind: SocketAddr,
-    /// HTTP API address.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8500")]
-    pub http: SocketAddr,
-    /// DNS interface address.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8600")]
-    pub dns: SocketAddr,
+    /// WAN QUIC address, servers only [default: 0.0.0.0:8302].
+    #[arg(long, value_name = "IP:PORT")]
+    pub wan_bind: Option<SocketAddr>,
+    /// HTTP API address [default: 127.0.0.1:8500].
+    #[arg(long, value_name = "IP:PORT")]
+    pub http: Option<SocketAddr>,
+    /// DNS interface address [default: 127.0.0.1:8600].
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns: Option<SocketAddr>,
     /// LAN peer to join at start (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub join: Vec<String>,
@@ -245,29 +255,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// A server failed for longer than this (a Go duration: 10m, 90s) is removed from
-    /// the Raft voters by the leader, never below --bootstrap-expect voters.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub dead_server_cleanup: std::time::Duration,
-    /// Raft log entries between snapshots (servers).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub raft_snapshot_threshold: u64,
-    /// Raft log entries kept behind a snapshot, for followers that lag a little.
-    #[arg(long, value_name = "N", default_value_t = 1_000)]
-    pub raft_trailing_logs: u64,
+    /// the Raft voters by the leader, never below --bootstrap-expect voters
+    /// [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dead_server_cleanup: Option<std::time::Duration>,
+    /// Raft log entries between snapshots (servers) [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub raft_snapshot_threshold: Option<u64>,
+    /// Raft log entries kept behind a snapshot, for followers that lag a little
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub raft_trailing_logs: Option<u64>,
     /// Command run on every event that matches (repeatable): `[TYPE[:NAME][,...]=]COMMAND`,
     /// e.g. `user:deploy=/usr/local/bin/deploy`, `member-join,member-leave=notify`, or a
     /// bare command for every event. The event's payload is on stdin.
     #[arg(long, value_name = "[TYPE[:NAME]=]COMMAND")]
     pub event_handler: Vec<String>,
-    /// A handler still running after this long is killed (a Go duration: 30s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub event_handler_timeout: std::time::Duration,
-    /// Largest name plus payload of a user event this agent fires, in bytes (at most 1000).
-    #[arg(long, value_name = "BYTES", default_value_t = events::user::DEFAULT_MAX_EVENT_SIZE)]
-    pub event_size_limit: usize,
-    /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    pub log_level: String,
+    /// A handler still running after this long is killed (a Go duration: 30s, 2m)
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub event_handler_timeout: Option<std::time::Duration>,
+    /// Largest name plus payload of a user event this agent fires, in bytes (at most 1000)
+    /// [default: 512].
+    #[arg(long, value_name = "BYTES")]
+    pub event_size_limit: Option<usize>,
+    /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

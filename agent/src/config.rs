@@ -1,15 +1,27 @@
 //! The agent's validated configuration.
 //!
-//! [`Config::from_args`] checks the flags of `agent run` and fills in defaults; it does
-//! no I/O, so every rule here is tested without a file system or a socket. Building the
-//! components from a `Config` is [`crate::run`]'s job.
+//! [`Config::build`] merges the flags of `agent run` with the config files read before
+//! ([`file`]), checks the result and fills in defaults; it does no I/O, so every rule
+//! here is tested without a file system or a socket. Building the components from a
+//! `Config` is [`crate::run`]'s job.
+//!
+//! Precedence: a flag given on the command line wins over every file; a later file wins
+//! over an earlier one; lists (`join`, `join_wan`, `event_handlers`, `services`) add up,
+//! files in order and then the flags. Defaults apply to what nobody set.
 
+pub mod file;
+
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::cli::RunArgs;
+use crate::local::{InvalidService, ServiceDefinition};
+
+pub use file::ConfigFile;
 
 /// Where the agent keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +91,10 @@ pub struct Config {
     pub event_handler_timeout: std::time::Duration,
     /// Limit on the name plus payload of the user events this agent fires.
     pub event_size_limit: events::SizeLimit,
-    /// Services defined for this agent (from config files).
-    pub services: Vec<crate::local::ServiceDefinition>,
+    /// Services defined for this agent (from config files), checked, with unique ids.
+    pub services: Vec<ServiceDefinition>,
+    /// Log filter (tracing's EnvFilter syntax).
+    pub log_level: String,
 }
 
 /// A flag combination that cannot run.
@@ -119,31 +133,87 @@ pub enum ConfigError {
     /// A bootstrap-expect value that makes no sense.
     #[error("--bootstrap-expect {0}: {1}")]
     BootstrapExpect(u32, &'static str),
+    /// A service definition that cannot be used.
+    #[error("config file {file}: service {service}: {reason}")]
+    Service {
+        /// The file defining it.
+        file: PathBuf,
+        /// Its name (quoted), or its position in the file when it has none.
+        service: String,
+        /// What is wrong.
+        reason: InvalidService,
+    },
+    /// Two services with the same id (the name, when no id is given).
+    #[error(
+        "service id {id:?} is defined twice ({}): give the services distinct ids",
+        if first == second {
+            format!("in {}", first.display())
+        } else {
+            format!("in {} and in {}", first.display(), second.display())
+        }
+    )]
+    DuplicateServiceId {
+        /// The id.
+        id: String,
+        /// The file of the first definition.
+        first: PathBuf,
+        /// The file of the second.
+        second: PathBuf,
+    },
 }
 
 /// Default LAN QUIC port.
 pub const DEFAULT_LAN_PORT: u16 = 8301;
+/// Default datacenter.
+pub const DEFAULT_DC: &str = "dc1";
+/// Default WAN QUIC address.
+pub const DEFAULT_WAN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8302);
+/// Default HTTP API address.
+pub const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
+/// Default DNS address.
+pub const DEFAULT_DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
+/// Default time after which a failed server leaves the Raft voters.
+pub const DEFAULT_DEAD_SERVER_CLEANUP: Duration = Duration::from_secs(10 * 60);
+/// Default Raft log entries between snapshots.
+pub const DEFAULT_RAFT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+/// Default Raft log entries kept behind a snapshot.
+pub const DEFAULT_RAFT_TRAILING_LOGS: u64 = 1_000;
+/// Default time an event handler may run.
+pub const DEFAULT_EVENT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default log filter.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 impl Config {
-    /// Validates `args`. `host_name` is the default node name (the caller reads it from
-    /// the system).
+    /// Validates `args` alone, as if no config file was given.
     pub fn from_args(args: &RunArgs, host_name: &str) -> Result<Config, ConfigError> {
-        let node = args.node.clone().unwrap_or_else(|| host_name.to_string());
-        check_name("node name", &node, is_node_char)?;
-        check_name("datacenter", &args.dc, is_dc_char)?;
+        Config::build(args, &[], host_name)
+    }
 
-        let data_dir = match (&args.data_dir, args.dev) {
-            (Some(dir), _) => DataDir::Persistent(dir.clone()),
+    /// Merges `args` over `files` (in the order given), validates the result and fills
+    /// in the defaults. `host_name` is the default node name (the caller reads it from
+    /// the system).
+    pub fn build(
+        args: &RunArgs,
+        files: &[ConfigFile],
+        host_name: &str,
+    ) -> Result<Config, ConfigError> {
+        let node = pick(&args.node, files, |f| &f.node).unwrap_or_else(|| host_name.to_string());
+        let dc = pick(&args.dc, files, |f| &f.dc).unwrap_or_else(|| DEFAULT_DC.to_string());
+        check_name("node name", &node, is_node_char)?;
+        check_name("datacenter", &dc, is_dc_char)?;
+
+        let data_dir = match (pick(&args.data_dir, files, |f| &f.data_dir), args.dev) {
+            (Some(dir), _) => DataDir::Persistent(dir),
             (None, true) => DataDir::Temporary,
             (None, false) => return Err(ConfigError::MissingDataDir),
         };
 
-        let tls = match (&args.ca_file, &args.cert_file, &args.key_file) {
-            (Some(ca), Some(cert), Some(key)) => TlsSource::Files {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            },
+        let tls = match (
+            pick(&args.ca_file, files, |f| &f.ca_file),
+            pick(&args.cert_file, files, |f| &f.cert_file),
+            pick(&args.key_file, files, |f| &f.key_file),
+        ) {
+            (Some(ca), Some(cert), Some(key)) => TlsSource::Files { ca, cert, key },
             (None, None, None) if args.dev => TlsSource::Generated,
             (None, None, None) => return Err(ConfigError::MissingTls),
             (None, _, _) => return Err(ConfigError::PartialTls("--ca-file")),
@@ -157,16 +227,20 @@ impl Config {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
-        let bind = args
-            .bind
+        let bind = pick(&args.bind, files, |f| &f.bind)
             .unwrap_or(SocketAddr::new(default_ip, DEFAULT_LAN_PORT));
-        let advertise = args.advertise.unwrap_or(bind);
+        let advertise = pick(&args.advertise, files, |f| &f.advertise).unwrap_or(bind);
         if advertise.ip().is_unspecified() {
             return Err(ConfigError::UnspecifiedAdvertise(advertise));
         }
 
-        let server = args.server || args.dev;
-        let bootstrap_expect = match (args.bootstrap_expect, args.dev) {
+        // `--server` can only say yes; a file can say either.
+        let server =
+            args.server || args.dev || files.iter().rev().find_map(|f| f.server).unwrap_or(false);
+        let bootstrap_expect = match (
+            pick(&args.bootstrap_expect, files, |f| &f.bootstrap_expect),
+            args.dev,
+        ) {
             (Some(0), _) => return Err(ConfigError::BootstrapExpect(0, "must be at least 1")),
             (Some(n), true) if n != 1 => {
                 return Err(ConfigError::BootstrapExpect(
@@ -182,31 +256,99 @@ impl Config {
             (None, false) => None,
         };
 
+        let join = concat(files, |f| &f.join, parse_join(&args.join)?);
+        let join_wan = concat(files, |f| &f.join_wan, parse_join(&args.join_wan)?);
+        let event_handlers = concat(files, |f| &f.event_handlers, args.event_handler.clone());
+        let event_size_limit = pick(&args.event_size_limit, files, |f| &f.event_size_limit)
+            .unwrap_or(events::user::DEFAULT_MAX_EVENT_SIZE);
+
         Ok(Config {
             dev: args.dev,
             node,
-            dc: args.dc.clone(),
+            dc,
             data_dir,
             server,
             bootstrap_expect,
             bind,
             advertise,
-            wan_bind: args.wan_bind,
-            http: args.http,
-            dns: args.dns,
-            join: parse_join(&args.join)?,
-            join_wan: parse_join(&args.join_wan)?,
+            wan_bind: pick(&args.wan_bind, files, |f| &f.wan_bind).unwrap_or(DEFAULT_WAN_BIND),
+            http: pick(&args.http, files, |f| &f.http).unwrap_or(DEFAULT_HTTP),
+            dns: pick(&args.dns, files, |f| &f.dns).unwrap_or(DEFAULT_DNS),
+            join,
+            join_wan,
             tls,
-            dead_server_cleanup: args.dead_server_cleanup,
-            raft_snapshot_threshold: args.raft_snapshot_threshold.max(1),
-            raft_trailing_logs: args.raft_trailing_logs,
-            event_handlers: args.event_handler.clone(),
-            event_handler_timeout: args.event_handler_timeout,
-            event_size_limit: events::SizeLimit::new(args.event_size_limit)
+            dead_server_cleanup: pick(&args.dead_server_cleanup, files, |f| &f.dead_server_cleanup)
+                .unwrap_or(DEFAULT_DEAD_SERVER_CLEANUP),
+            raft_snapshot_threshold: pick(&args.raft_snapshot_threshold, files, |f| {
+                &f.raft_snapshot_threshold
+            })
+            .unwrap_or(DEFAULT_RAFT_SNAPSHOT_THRESHOLD)
+            .max(1),
+            raft_trailing_logs: pick(&args.raft_trailing_logs, files, |f| &f.raft_trailing_logs)
+                .unwrap_or(DEFAULT_RAFT_TRAILING_LOGS),
+            event_handlers,
+            event_handler_timeout: pick(&args.event_handler_timeout, files, |f| {
+                &f.event_handler_timeout
+            })
+            .unwrap_or(DEFAULT_EVENT_HANDLER_TIMEOUT),
+            event_size_limit: events::SizeLimit::new(event_size_limit)
                 .map_err(|e| ConfigError::EventSizeLimit(e.to_string()))?,
-            services: Vec::new(),
+            services: services(files)?,
+            log_level: pick(&args.log_level, files, |f| &f.log_level)
+                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
         })
     }
+}
+
+/// The flag if given, else the value of the last file that sets it.
+fn pick<T: Clone>(
+    flag: &Option<T>,
+    files: &[ConfigFile],
+    setting: impl Fn(&ConfigFile) -> &Option<T>,
+) -> Option<T> {
+    flag.clone()
+        .or_else(|| files.iter().rev().find_map(|f| setting(f).clone()))
+}
+
+/// The list of every file in order, then the flags'.
+fn concat<T: Clone>(
+    files: &[ConfigFile],
+    setting: impl Fn(&ConfigFile) -> &Vec<T>,
+    flags: Vec<T>,
+) -> Vec<T> {
+    files
+        .iter()
+        .flat_map(|f| setting(f).iter().cloned())
+        .chain(flags)
+        .collect()
+}
+
+/// The services of every file, each checked, their ids unique across the files.
+fn services(files: &[ConfigFile]) -> Result<Vec<ServiceDefinition>, ConfigError> {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    let mut services = Vec::new();
+    for file in files {
+        for (i, service) in file.services.iter().enumerate() {
+            service.check().map_err(|reason| ConfigError::Service {
+                file: file.path.clone(),
+                service: if service.service.is_empty() {
+                    format!("#{}", i + 1)
+                } else {
+                    format!("{:?}", service.service)
+                },
+                reason,
+            })?;
+            if let Some(first) = seen.insert(&service.id, &file.path) {
+                return Err(ConfigError::DuplicateServiceId {
+                    id: service.id.clone(),
+                    first: first.to_path_buf(),
+                    second: file.path.clone(),
+                });
+            }
+            services.push(service.clone());
+        }
+    }
+    Ok(services)
 }
 
 fn parse_join(addrs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -340,7 +482,7 @@ mod tests {
             })
         ));
         let mut args = dev();
-        args.dc = "dc.1".into();
+        args.dc = Some("dc.1".into());
         assert!(matches!(
             Config::from_args(&args, "h"),
             Err(ConfigError::InvalidName {
@@ -403,6 +545,322 @@ mod tests {
         assert_eq!(
             Config::from_args(&args, "h").unwrap().bootstrap_expect,
             Some(3)
+        );
+    }
+
+    /// A TOML config file at `path`.
+    fn file(path: &str, text: &str) -> ConfigFile {
+        ConfigFile::parse(text, file::Format::Toml, Path::new(path)).unwrap()
+    }
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let argv = ["agent", "run"].iter().chain(argv);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_to_what_nobody_set() {
+        let config = Config::from_args(&dev(), "h").unwrap();
+        assert_eq!(config.dc, DEFAULT_DC);
+        assert_eq!(config.wan_bind, DEFAULT_WAN_BIND);
+        assert_eq!(config.http, DEFAULT_HTTP);
+        assert_eq!(config.dns, DEFAULT_DNS);
+        assert_eq!(config.dead_server_cleanup, DEFAULT_DEAD_SERVER_CLEANUP);
+        assert_eq!(
+            config.raft_snapshot_threshold,
+            DEFAULT_RAFT_SNAPSHOT_THRESHOLD
+        );
+        assert_eq!(config.raft_trailing_logs, DEFAULT_RAFT_TRAILING_LOGS);
+        assert_eq!(config.event_handler_timeout, DEFAULT_EVENT_HANDLER_TIMEOUT);
+        assert_eq!(config.event_size_limit, events::SizeLimit::default());
+        assert_eq!(config.log_level, DEFAULT_LOG_LEVEL);
+        assert!(config.join.is_empty() && config.event_handlers.is_empty());
+        assert!(config.services.is_empty());
+    }
+
+    #[test]
+    fn run_help_states_the_defaults_that_config_applies() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for default in [
+            DEFAULT_DC.to_string(),
+            DEFAULT_WAN_BIND.to_string(),
+            DEFAULT_HTTP.to_string(),
+            DEFAULT_DNS.to_string(),
+            "10m".to_string(),
+            DEFAULT_RAFT_SNAPSHOT_THRESHOLD.to_string(),
+            DEFAULT_RAFT_TRAILING_LOGS.to_string(),
+            "30s".to_string(),
+            events::user::DEFAULT_MAX_EVENT_SIZE.to_string(),
+            DEFAULT_LOG_LEVEL.to_string(),
+        ] {
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "the help does not say [default: {default}]:\n{help}"
+            );
+        }
+        assert_eq!(crate::cli::DEFAULT_HTTP_ADDR.parse(), Ok(DEFAULT_HTTP));
+        assert_eq!(DEFAULT_DEAD_SERVER_CLEANUP, Duration::from_secs(600));
+        assert_eq!(DEFAULT_EVENT_HANDLER_TIMEOUT, Duration::from_secs(30));
+        assert!(help.contains("relative to the file's directory"), "{help}");
+    }
+
+    #[test]
+    fn files_fill_in_what_the_flags_leave_out() {
+        let a = file(
+            "/etc/agent/a.toml",
+            r#"
+                node = "from-file"
+                dc = "east"
+                data_dir = "data"
+                server = true
+                bootstrap_expect = 3
+                advertise = "10.0.0.1:8301"
+                ca_file = "ca.pem"
+                cert_file = "n.pem"
+                key_file = "n-key.pem"
+                http = "127.0.0.1:9500"
+                dead_server_cleanup = "1m"
+                raft_trailing_logs = 7
+                event_handler_timeout = "5s"
+                event_size_limit = 1000
+                log_level = "debug"
+            "#,
+        );
+        let config = Config::build(&run_args(&[]), &[a], "host").unwrap();
+        assert_eq!(config.node, "from-file");
+        assert_eq!(config.dc, "east");
+        assert_eq!(
+            config.data_dir,
+            DataDir::Persistent("/etc/agent/data".into())
+        );
+        assert_eq!(
+            config.tls,
+            TlsSource::Files {
+                ca: "/etc/agent/ca.pem".into(),
+                cert: "/etc/agent/n.pem".into(),
+                key: "/etc/agent/n-key.pem".into(),
+            }
+        );
+        assert!(config.server);
+        assert_eq!(config.bootstrap_expect, Some(3));
+        assert_eq!(config.http, "127.0.0.1:9500".parse().unwrap());
+        assert_eq!(config.dns, DEFAULT_DNS);
+        assert_eq!(config.dead_server_cleanup, Duration::from_secs(60));
+        assert_eq!(config.raft_trailing_logs, 7);
+        assert_eq!(config.event_handler_timeout, Duration::from_secs(5));
+        assert_eq!(config.event_size_limit.get(), 1000);
+        assert_eq!(config.log_level, "debug");
+    }
+
+    #[test]
+    fn flags_win_over_files_and_later_files_over_earlier_ones() {
+        let a = file(
+            "/a/a.toml",
+            "node = \"a\"\ndc = \"dc-a\"\nhttp = \"127.0.0.1:1001\"\nlog_level = \"warn\"\ndata_dir = \"/data-a\"",
+        );
+        let b = file("/b/b.toml", "dc = \"dc-b\"\nhttp = \"127.0.0.1:1002\"");
+        let files = [a, b];
+
+        let config = Config::build(&run_args(&["--dev"]), &files, "h").unwrap();
+        assert_eq!(config.node, "a", "only the first file sets it");
+        assert_eq!(config.dc, "dc-b", "the later file wins");
+        assert_eq!(config.http, "127.0.0.1:1002".parse().unwrap());
+        assert_eq!(config.log_level, "warn");
+        assert_eq!(config.data_dir, DataDir::Persistent("/data-a".into()));
+
+        // Flags win, including flags whose value equals the default.
+        let args = run_args(&[
+            "--dev",
+            "--node",
+            "flag",
+            "--dc",
+            "dc1",
+            "--http",
+            "127.0.0.1:8500",
+            "--log-level",
+            "info",
+            "--data-dir",
+            "rel",
+        ]);
+        let config = Config::build(&args, &files, "h").unwrap();
+        assert_eq!(config.node, "flag");
+        assert_eq!(config.dc, "dc1");
+        assert_eq!(config.http, DEFAULT_HTTP);
+        assert_eq!(config.log_level, "info");
+        assert_eq!(
+            config.data_dir,
+            DataDir::Persistent("rel".into()),
+            "a relative flag stays relative to the working directory"
+        );
+    }
+
+    #[test]
+    fn a_file_can_turn_server_on_and_off_but_not_override_the_flag() {
+        let base = "data_dir = \"/d\"\nca_file = \"/c\"\ncert_file = \"/e\"\nkey_file = \"/k\"\nadvertise = \"10.0.0.1:8301\"";
+        let on = file("/on.toml", &format!("{base}\nserver = true"));
+        let off = file("/off.toml", "server = false");
+        let no_flags = run_args(&[]);
+        assert!(
+            Config::build(&no_flags, std::slice::from_ref(&on), "h")
+                .unwrap()
+                .server
+        );
+        assert!(
+            !Config::build(&no_flags, &[on.clone(), off.clone()], "h")
+                .unwrap()
+                .server
+        );
+        assert!(
+            Config::build(&run_args(&["--server"]), &[on, off], "h")
+                .unwrap()
+                .server
+        );
+    }
+
+    #[test]
+    fn lists_add_up_files_first_then_flags() {
+        let a = file(
+            "/a.toml",
+            r#"
+                join = ["127.0.0.2"]
+                join_wan = ["127.0.1.2"]
+                event_handlers = ["a"]
+                [[services]]
+                name = "web"
+            "#,
+        );
+        let b = file(
+            "/b.toml",
+            r#"
+                join = ["127.0.0.3:9000"]
+                event_handlers = ["user:deploy=b"]
+                [[services]]
+                name = "db"
+                port = 5432
+            "#,
+        );
+        let args = run_args(&[
+            "--dev",
+            "--join",
+            "127.0.0.4",
+            "--join-wan",
+            "127.0.1.4",
+            "--event-handler",
+            "c",
+        ]);
+        let config = Config::build(&args, &[a, b], "h").unwrap();
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        assert_eq!(
+            config.join,
+            addrs(&["127.0.0.2:8301", "127.0.0.3:9000", "127.0.0.4:8301"])
+        );
+        assert_eq!(
+            config.join_wan,
+            addrs(&["127.0.1.2:8301", "127.0.1.4:8301"])
+        );
+        assert_eq!(config.event_handlers, ["a", "user:deploy=b", "c"]);
+        let ids: Vec<&str> = config.services.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["web", "db"]);
+        assert_eq!(config.services[1].port, 5432);
+    }
+
+    #[test]
+    fn service_errors_name_the_file_and_the_service() {
+        let bad = file(
+            "/etc/agent/svc.toml",
+            "[[services]]\nname = \"ok\"\n[[services]]\nname = \"has space\"",
+        );
+        let e = Config::build(&dev(), &[bad], "h").unwrap_err();
+        assert!(matches!(
+            &e,
+            ConfigError::Service { file, service, reason: InvalidService::BadCharacter { .. } }
+                if file == Path::new("/etc/agent/svc.toml") && service == "\"has space\""
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("/etc/agent/svc.toml") && text.contains("has space"),
+            "{text}"
+        );
+
+        let unnamed = file("/u.toml", "[[services]]\nname = \"\"");
+        let e = Config::build(&dev(), &[unnamed], "h").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Service { service, .. } if service == "#1"),
+            "{e}"
+        );
+
+        let many_tags = file(
+            "/t.toml",
+            &format!(
+                "[[services]]\nname = \"web\"\ntags = [{}]",
+                vec!["\"t\""; 65].join(",")
+            ),
+        );
+        assert!(matches!(
+            Config::build(&dev(), &[many_tags], "h"),
+            Err(ConfigError::Service {
+                reason: InvalidService::TooMany { what: "tags", .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn service_ids_are_unique_across_files() {
+        let a = file("/a.toml", "[[services]]\nname = \"web\"");
+        let b = file("/b.toml", "[[services]]\nname = \"web\"");
+        assert_eq!(
+            Config::build(&dev(), &[a.clone(), b], "h"),
+            Err(ConfigError::DuplicateServiceId {
+                id: "web".into(),
+                first: "/a.toml".into(),
+                second: "/b.toml".into(),
+            })
+        );
+        let same_file = file(
+            "/c.toml",
+            "[[services]]\nname = \"web\"\n[[services]]\nname = \"api\"\nid = \"web\"",
+        );
+        assert!(matches!(
+            Config::build(&dev(), &[same_file], "h"),
+            Err(ConfigError::DuplicateServiceId { .. })
+        ));
+        let distinct = file("/d.toml", "[[services]]\nname = \"web\"\nid = \"web-2\"");
+        let config = Config::build(&dev(), &[a, distinct], "h").unwrap();
+        assert_eq!(config.services.len(), 2);
+    }
+
+    #[test]
+    fn file_values_are_validated_like_flags() {
+        let bad_node = file("/a.toml", "node = \"has space\"");
+        assert!(matches!(
+            Config::build(&dev(), &[bad_node], "h"),
+            Err(ConfigError::InvalidName {
+                what: "node name",
+                ..
+            })
+        ));
+        let bad_limit = file("/a.toml", "event_size_limit = 5000");
+        assert!(matches!(
+            Config::build(&dev(), &[bad_limit], "h"),
+            Err(ConfigError::EventSizeLimit(_))
+        ));
+        let partial_tls = file("/a.toml", "ca_file = \"ca.pem\"");
+        assert_eq!(
+            Config::build(&dev(), &[partial_tls], "h"),
+            Err(ConfigError::PartialTls("--cert-file"))
         );
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line, parsed with clap; no I/O.
-//! - [`config`]: validated settings of `agent run`; no I/O.
+//! - [`config`]: validated settings of `agent run` from flags and config files; no I/O
+//!   but reading the files.
 //! - [`run`]: builds the components from a config and runs them until shutdown.
 //! - [`tls`]: the cluster CA, node certificates, peer identities, rustls configs for mTLS.
 //! - [`transport`]: one QUIC endpoint per pool carrying datagrams and RPC frames.

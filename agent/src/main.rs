@@ -7,7 +7,7 @@ use agent::cli::{Cli, Command};
 use agent::client::ApiClient;
 use agent::commands::watch::WatchPlan;
 use agent::commands::{self, CommandError};
-use agent::config::Config;
+use agent::config::{Config, ConfigFile};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -25,14 +25,18 @@ fn main() -> ExitCode {
         let stdout = &mut std::io::stdout().lock();
         match cli.command {
             Command::Run(args) => {
-                let config = match Config::from_args(&args, &host) {
+                let config = match ConfigFile::read_all(&args.config) {
+                    Ok(files) => Config::build(&args, &files, &host).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let config = match config {
                     Ok(config) => config,
                     Err(e) => {
                         eprintln!("Error: {e}");
                         return Err(UsageError.into());
                     }
                 };
-                agent::logging::init(&args.log_level);
+                agent::logging::init(&config.log_level);
                 let shutdown = CancellationToken::new();
                 agent::signals::cancel_on_signal(shutdown.clone())?;
                 agent::run::run(config, shutdown).await

@@ -181,10 +181,13 @@ pub struct RunArgs {
     /// Raft log entries kept behind a snapshot, for followers that lag a little.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub raft_trailing_logs: u64,
-    /// Command run on every event that matches (repeatable): `[TYPE[:NAME][,...]=]COMMAND`,
-    /// e.g. `user:deploy=/usr/local/bin/deploy`, `member-join,member-leave=notify`, or a
-    /// bare command for every event. The event's payload is on stdin.
-    #[arg(long, value_name = "[TYPE[:NAME]=]COMMAND")]
+    /// Command run with `sh -c` on every event that matches (repeatable):
+    /// `[TYPE[:NAME][,...]=]COMMAND`, e.g. `user:deploy=/usr/local/bin/deploy`,
+    /// `member-join,member-leave=notify`, or a bare command for every event. Types: `user`,
+    /// `user:NAME`, `member`, `member-join`, `member-leave`, `member-failed`,
+    /// `member-update`, `member-reap`, `kv`, `health`, `*`. The event is on stdin (a user
+    /// event's payload), its type in `AGENT_EVENT`.
+    #[arg(long, value_name = "[TYPE[:NAME][,...]=]COMMAND")]
     pub event_handler: Vec<String>,
     /// A handler still running after this long is killed (a Go duration: 30s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cli::RunArgs;
+use crate::handlers::{HandlerSpec, SpecError};
 
 /// Where the agent keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +74,8 @@ pub struct Config {
     pub raft_snapshot_threshold: u64,
     /// Raft log entries kept behind a snapshot.
     pub raft_trailing_logs: u64,
-    /// Event handlers, as given (`[TYPE[:NAME]=]COMMAND`).
-    pub event_handlers: Vec<String>,
+    /// Event handlers (`[TYPE[:NAME][,...]=]COMMAND`).
+    pub event_handlers: Vec<HandlerSpec>,
     /// How long an event handler may run.
     pub event_handler_timeout: std::time::Duration,
     /// Limit on the name plus payload of the user events this agent fires.
@@ -116,6 +117,14 @@ pub enum ConfigError {
     /// A user event size limit out of range.
     #[error("--event-size-limit: {0}")]
     EventSizeLimit(String),
+    /// An event handler that cannot run.
+    #[error("--event-handler {spec:?}: {error}")]
+    EventHandler {
+        /// The handler as given.
+        spec: String,
+        /// What is wrong with it.
+        error: SpecError,
+    },
     /// A bootstrap-expect value that makes no sense.
     #[error("--bootstrap-expect {0}: {1}")]
     BootstrapExpect(u32, &'static str),
@@ -200,13 +209,25 @@ impl Config {
             dead_server_cleanup: args.dead_server_cleanup,
             raft_snapshot_threshold: args.raft_snapshot_threshold.max(1),
             raft_trailing_logs: args.raft_trailing_logs,
-            event_handlers: args.event_handler.clone(),
+            event_handlers: parse_handlers(&args.event_handler)?,
             event_handler_timeout: args.event_handler_timeout,
             event_size_limit: events::SizeLimit::new(args.event_size_limit)
                 .map_err(|e| ConfigError::EventSizeLimit(e.to_string()))?,
             services: Vec::new(),
         })
     }
+}
+
+fn parse_handlers(specs: &[String]) -> Result<Vec<HandlerSpec>, ConfigError> {
+    specs
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|error| ConfigError::EventHandler {
+                spec: text.clone(),
+                error,
+            })
+        })
+        .collect()
 }
 
 fn parse_join(addrs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -379,6 +400,29 @@ mod tests {
         assert_eq!(
             Config::from_args(&args, "h"),
             Err(ConfigError::JoinAddress("nope:x".into()))
+        );
+    }
+
+    #[test]
+    fn event_handlers_are_parsed() {
+        let mut args = dev();
+        args.event_handler = vec!["user:deploy=/bin/deploy".into(), "FOO=1 cmd".into()];
+        let config = Config::from_args(&args, "h").unwrap();
+        assert_eq!(
+            config.event_handlers,
+            vec![
+                "user:deploy=/bin/deploy".parse::<HandlerSpec>().unwrap(),
+                "FOO=1 cmd".parse::<HandlerSpec>().unwrap(),
+            ]
+        );
+        assert_eq!(config.event_handlers[1].command(), "FOO=1 cmd");
+        args.event_handler.push("member-join=".into());
+        assert_eq!(
+            Config::from_args(&args, "h"),
+            Err(ConfigError::EventHandler {
+                spec: "member-join=".into(),
+                error: SpecError::EmptyCommand,
+            })
         );
     }
 

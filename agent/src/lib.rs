@@ -16,6 +16,7 @@
 //! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
 //! - [`http`]: the Consul-compatible HTTP API.
 //! - [`local`]: the services defined on this host.
+//! - [`handlers`]: `--event-handler` commands run for the events on the bus.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
 //! - [`commands`]: `agent kv`, `agent tls`, `agent info`.
 //! - [`node_id`], [`logging`], [`signals`]: the node's stable id, logs, Ctrl-C/SIGTERM.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod gossip;
+pub mod handlers;
 pub mod http;
 pub mod local;
 pub mod logging;

@@ -266,10 +266,13 @@ pub struct RunArgs {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     pub raft_trailing_logs: Option<u64>,
-    /// Command run on every event that matches (repeatable): `[TYPE[:NAME][,...]=]COMMAND`,
-    /// e.g. `user:deploy=/usr/local/bin/deploy`, `member-join,member-leave=notify`, or a
-    /// bare command for every event. The event's payload is on stdin.
-    #[arg(long, value_name = "[TYPE[:NAME]=]COMMAND")]
+    /// Command run with `sh -c` on every event that matches (repeatable):
+    /// `[TYPE[:NAME][,...]=]COMMAND`, e.g. `user:deploy=/usr/local/bin/deploy`,
+    /// `member-join,member-leave=notify`, or a bare command for every event. Types: `user`,
+    /// `user:NAME`, `member`, `member-join`, `member-leave`, `member-failed`,
+    /// `member-update`, `member-reap`, `kv`, `health`, `*`. The event is on stdin (a user
+    /// event's payload), its type in `AGENT_EVENT`.
+    #[arg(long, value_name = "[TYPE[:NAME][,...]=]COMMAND")]
     pub event_handler: Vec<String>,
     /// A handler still running after this long is killed (a Go duration: 30s, 2m)
     /// [default: 30s].

@@ -19,6 +19,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cli::RunArgs;
+use crate::handlers::{HandlerSpec, SpecError};
 use crate::local::{InvalidService, ServiceDefinition};
 
 pub use file::ConfigFile;
@@ -85,8 +86,8 @@ pub struct Config {
     pub raft_snapshot_threshold: u64,
     /// Raft log entries kept behind a snapshot.
     pub raft_trailing_logs: u64,
-    /// Event handlers, as given (`[TYPE[:NAME]=]COMMAND`).
-    pub event_handlers: Vec<String>,
+    /// Event handlers (`[TYPE[:NAME][,...]=]COMMAND`).
+    pub event_handlers: Vec<HandlerSpec>,
     /// How long an event handler may run.
     pub event_handler_timeout: std::time::Duration,
     /// Limit on the name plus payload of the user events this agent fires.
@@ -130,6 +131,14 @@ pub enum ConfigError {
     /// A user event size limit out of range.
     #[error("--event-size-limit: {0}")]
     EventSizeLimit(String),
+    /// An event handler that cannot run.
+    #[error("--event-handler {spec:?}: {error}")]
+    EventHandler {
+        /// The handler as given.
+        spec: String,
+        /// What is wrong with it.
+        error: SpecError,
+    },
     /// A bootstrap-expect value that makes no sense.
     #[error("--bootstrap-expect {0}: {1}")]
     BootstrapExpect(u32, &'static str),
@@ -286,7 +295,7 @@ impl Config {
             .max(1),
             raft_trailing_logs: pick(&args.raft_trailing_logs, files, |f| &f.raft_trailing_logs)
                 .unwrap_or(DEFAULT_RAFT_TRAILING_LOGS),
-            event_handlers,
+            event_handlers: parse_handlers(&event_handlers)?,
             event_handler_timeout: pick(&args.event_handler_timeout, files, |f| {
                 &f.event_handler_timeout
             })
@@ -349,6 +358,18 @@ fn services(files: &[ConfigFile]) -> Result<Vec<ServiceDefinition>, ConfigError>
         }
     }
     Ok(services)
+}
+
+fn parse_handlers(specs: &[String]) -> Result<Vec<HandlerSpec>, ConfigError> {
+    specs
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|error| ConfigError::EventHandler {
+                spec: text.clone(),
+                error,
+            })
+        })
+        .collect()
 }
 
 fn parse_join(addrs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -521,6 +542,29 @@ mod tests {
         assert_eq!(
             Config::from_args(&args, "h"),
             Err(ConfigError::JoinAddress("nope:x".into()))
+        );
+    }
+
+    #[test]
+    fn event_handlers_are_parsed() {
+        let mut args = dev();
+        args.event_handler = vec!["user:deploy=/bin/deploy".into(), "FOO=1 cmd".into()];
+        let config = Config::from_args(&args, "h").unwrap();
+        assert_eq!(
+            config.event_handlers,
+            vec![
+                "user:deploy=/bin/deploy".parse::<HandlerSpec>().unwrap(),
+                "FOO=1 cmd".parse::<HandlerSpec>().unwrap(),
+            ]
+        );
+        assert_eq!(config.event_handlers[1].command(), "FOO=1 cmd");
+        args.event_handler.push("member-join=".into());
+        assert_eq!(
+            Config::from_args(&args, "h"),
+            Err(ConfigError::EventHandler {
+                spec: "member-join=".into(),
+                error: SpecError::EmptyCommand,
+            })
         );
     }
 
@@ -770,7 +814,8 @@ mod tests {
             config.join_wan,
             addrs(&["127.0.1.2:8301", "127.0.1.4:8301"])
         );
-        assert_eq!(config.event_handlers, ["a", "user:deploy=b", "c"]);
+        let handlers: Vec<&str> = config.event_handlers.iter().map(|h| h.command()).collect();
+        assert_eq!(handlers, ["a", "b", "c"]);
         let ids: Vec<&str> = config.services.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["web", "db"]);
         assert_eq!(config.services[1].port, 5432);

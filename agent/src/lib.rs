@@ -17,6 +17,7 @@
 //! - [`raft`]: Raft RPC over the transport (the agent's `consensus::RaftTransport`).
 //! - [`http`]: the Consul-compatible HTTP API.
 //! - [`local`]: the services defined on this host.
+//! - [`handlers`]: `--event-handler` commands run for the events on the bus.
 //! - [`client`]: a client of the HTTP API, for the commands and tests.
 //! - [`commands`]: `agent kv`, `agent event`, `agent watch`, the membership and operator
 //!   commands, `agent tls`, `agent info`.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod gossip;
+pub mod handlers;
 pub mod http;
 pub mod local;
 pub mod logging;

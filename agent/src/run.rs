@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, DataDir, TlsSource};
 use crate::gossip::members_file::MembersFile;
 use crate::gossip::{Gossip, GossipConfig, standard_tags};
+use crate::handlers::EventHandlers;
 use crate::http::{self, ApiState, SelfInfo};
 use crate::node_id;
 use crate::servers::{self, ServerDuties};
@@ -76,6 +77,13 @@ impl Agent {
         };
 
         let bus = Bus::new();
+        // Subscribed before gossip starts, so the first member events are handled.
+        EventHandlers::new(
+            config.event_handlers.clone(),
+            config.event_handler_timeout,
+            config.node.clone(),
+        )
+        .spawn(&bus, &tracker, shutdown.clone());
         let gossip = start_gossip(
             &config,
             &data_dir,

@@ -24,7 +24,26 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
         "--profile=dev"
     };
     eprintln!("building the agent ({profile}) if it changed...");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo run` describes the bench package in the environment (CARGO_PKG_NAME, ...);
+    // build scripts that watch those variables (ring's) would otherwise rebuild on every
+    // run, and again in the next plain build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || name == "CARGO_PRIMARY_PACKAGE"
+        {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    let status = cargo
         .args(["build", profile, "-p", "agent"])
         .status()
         .context("running cargo build -p agent")?;

@@ -154,9 +154,14 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     );
     println!("| live members ever marked suspect | {false_suspect} |");
     println!("| live members ever marked failed | {false_failed} |");
+    let each: Vec<String> = event_times.iter().map(u64::to_string).collect();
     let (event_median, event_max) = median_max(event_times);
     println!(
         "| user event to all {n} agents, median / max of {EVENTS} | {event_median} / {event_max} ms |"
+    );
+    println!(
+        "| user event to all {n} agents, each (ms) | {} |",
+        each.join(" ")
     );
     println!(
         "| RSS per client agent, median / max | {:.1} / {:.1} MiB |",

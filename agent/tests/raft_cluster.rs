@@ -247,6 +247,16 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
     servers[leader_index].take().unwrap().kill9();
     let killed = Instant::now();
     let survivor = servers.iter().flatten().next().unwrap();
+    // A read sent at once is held until a new leader answers it, not failed.
+    let (key, value) = acked.iter().next().unwrap();
+    let held = client
+        .get(survivor.url(&format!("/v1/kv/{key}?raw")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200, "a read right after the leader died");
+    assert_eq!(&held.text().await.unwrap(), value);
+    eprintln!("read held across the failover: {:?}", killed.elapsed());
     eventually("a new leader", Duration::from_secs(10), || async {
         leader_of(&client, survivor)
             .await

@@ -7,7 +7,16 @@
 //! [`RpcKind::Http`] over the mTLS QUIC endpoint and is answered by the receiver's own
 //! router. A hop counter in [`FORWARDED_HEADER`] bounds the chain, so two servers that
 //! disagree about who leads cannot bounce a request forever.
+//!
+//! Like Consul's RPC layer, forwarding rides out short outages within
+//! [`HOLD_TIMEOUT`]: while no leader is known it waits for one to be elected; a server
+//! that cannot be dialed is skipped for another (nothing was sent, so any request may
+//! go again); a read that gets no answer in time is asked again of another server. A
+//! write that may have reached a server is never sent twice: its outcome is unknown, and
+//! the caller is told so. A server that failed a call is avoided by client agents for
+//! [`SERVER_PENALTY`].
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,6 +32,7 @@ use super::error::ApiError;
 use super::params::Params;
 use super::{ApiState, read_body};
 use crate::rpc::{RpcKind, frame};
+use crate::transport::TransportError;
 
 /// Header carrying how many times a request was forwarded.
 pub const FORWARDED_HEADER: &str = "x-agent-forwarded";
@@ -35,6 +45,20 @@ pub const MAX_FORWARD_BODY: usize = 8 * 1024 * 1024;
 
 /// Time allowed beyond a blocking query's wait for the answer to come back.
 const FORWARD_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a forwarded request may wait for a leader to be elected, or retry on other
+/// servers, before it fails (Consul's `rpc_hold_timeout`).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// One attempt of a read that is not a blocking query, before another server is asked.
+const READ_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// How long a client agent avoids a server that failed a call.
+pub const SERVER_PENALTY: Duration = Duration::from_secs(30);
+
+/// First pause while waiting for a leader; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_millis(800);
 
 /// Headers of a request worth carrying (the rest are connection details).
 const CARRIED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token"];
@@ -69,15 +93,25 @@ pub struct WireResponse {
 enum Route {
     Local,
     Forward(SocketAddr),
+    /// Nowhere yet (no leader elected, no server known); may change soon.
+    Wait(ApiError),
+    /// Nowhere.
     Refuse(ApiError),
+}
+
+/// Who answers a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The leader (writes, default and `?consistent` reads), or any server for `?stale`.
+    Leader,
+    /// Any server (`/v1/status/...`).
+    AnyServer,
 }
 
 /// Middleware on server-bound routes: answers locally when this agent can, otherwise
 /// forwards the request to an agent that can.
 pub async fn to_server(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let hops = hops_of(request.headers());
-    let route = route(&state, &request, hops);
-    dispatch(&state, route, request, next, hops).await
+    dispatch(&state, Target::Leader, request, next).await
 }
 
 /// Middleware on routes any server answers from its own state (`/v1/status/...`, as
@@ -87,30 +121,139 @@ pub async fn to_any_server(
     request: Request,
     next: Next,
 ) -> Response {
-    let hops = hops_of(request.headers());
-    let route = if state.inner.raft.is_some() {
-        Route::Local
-    } else {
-        client_route(&state, hops)
-    };
-    dispatch(&state, route, request, next, hops).await
+    dispatch(&state, Target::AnyServer, request, next).await
 }
 
-async fn dispatch(
-    state: &ApiState,
-    route: Route,
-    request: Request,
-    next: Next,
-    hops: u8,
-) -> Response {
-    match route {
+async fn dispatch(state: &ApiState, target: Target, request: Request, next: Next) -> Response {
+    let hops = hops_of(request.headers());
+    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let stale = Params::parse(request.uri().query()).flag("stale");
+    let first = route_for(state, target, is_read && stale, hops, &HashSet::new());
+    match first {
         Route::Local => next.run(request).await,
-        Route::Refuse(error) => error.into_response(),
-        Route::Forward(addr) => match forward(state, addr, request, hops + 1).await {
+        first => match forward_held(state, target, request, next, first, hops).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         },
     }
+}
+
+fn route_for(
+    state: &ApiState,
+    target: Target,
+    stale_read: bool,
+    hops: u8,
+    avoid: &HashSet<SocketAddr>,
+) -> Route {
+    match (target, state.inner.raft.is_some()) {
+        (Target::AnyServer, true) => Route::Local,
+        (Target::Leader, true) => route(state, stale_read, hops),
+        (_, false) => client_route(state, hops, avoid),
+    }
+}
+
+/// Forwards a request along `first`, then, within [`HOLD_TIMEOUT`], along new routes
+/// while no leader is known or a server cannot answer, as far as that is safe.
+async fn forward_held(
+    state: &ApiState,
+    target: Target,
+    request: Request,
+    next: Next,
+    first: Route,
+    hops: u8,
+) -> Result<Response, ApiError> {
+    let started = tokio::time::Instant::now();
+    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let params = Params::parse(request.uri().query());
+    let stale_read = is_read && params.flag("stale");
+    let blocking = params.get("index").is_some();
+    let wait = if blocking {
+        super::blocking_wait(&params)?
+    } else {
+        Duration::ZERO
+    };
+    let (wire, rebuild) = to_wire(request, hops + 1).await?;
+    let bytes = postcard::to_allocvec(&wire)
+        .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
+    let mut avoid = HashSet::new();
+    let mut route = first;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let held = started.elapsed();
+        let last_chance = held >= HOLD_TIMEOUT;
+        match route {
+            // This server became the leader while the request waited.
+            Route::Local => return Ok(next.run(rebuild()?).await),
+            Route::Refuse(error) => return Err(error),
+            Route::Wait(error) if last_chance => return Err(error),
+            Route::Wait(_) => {
+                tokio::time::sleep(pause.min(HOLD_TIMEOUT - held)).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            Route::Forward(addr) => {
+                // A non-blocking read gets a short attempt, so that a server that died
+                // with its connection still open costs seconds, not the idle timeout.
+                let attempt = if is_read && !blocking {
+                    READ_ATTEMPT
+                } else {
+                    wait + FORWARD_GRACE
+                };
+                let called = tokio::select! {
+                    called = call(state, addr, &bytes, attempt) => called,
+                    new = leader_moved_from(state, addr) => Err(TransportError::Remote(
+                        format!("the leadership moved to {new} while the request was in flight"),
+                    )),
+                };
+                match called {
+                    Ok(response) => return Ok(response),
+                    Err(error) => {
+                        state.penalize_server(addr);
+                        // Nothing reached the server if it could not be dialed.
+                        let unsent = matches!(
+                            error,
+                            TransportError::Dial { .. }
+                                | TransportError::DialTimeout { .. }
+                                | TransportError::Backoff { .. }
+                        );
+                        if last_chance || !(unsent || is_read) {
+                            let outcome = if unsent || is_read {
+                                ""
+                            } else {
+                                "; the request may or may not have been applied"
+                            };
+                            return Err(ApiError::internal(format!(
+                                "forwarding to {addr}: {error}{outcome}"
+                            )));
+                        }
+                        tracing::debug!(%addr, "forwarded request failed, trying again: {error}");
+                        avoid.insert(addr);
+                    }
+                }
+            }
+        }
+        route = route_for(state, target, stale_read, hops, &avoid);
+    }
+}
+
+/// Carries `request` to `addr` and returns its answer (one attempt, no retry).
+pub(super) async fn forward(
+    state: &ApiState,
+    addr: SocketAddr,
+    request: Request,
+    hops: u8,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(request.uri().query());
+    let wait = if params.get("index").is_some() {
+        super::blocking_wait(&params)?
+    } else {
+        Duration::ZERO
+    };
+    let (wire, _) = to_wire(request, hops).await?;
+    let bytes = postcard::to_allocvec(&wire)
+        .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
+    call(state, addr, &bytes, wait + FORWARD_GRACE)
+        .await
+        .map_err(|e| ApiError::internal(format!("forwarding to {addr}: {e}")))
 }
 
 fn hops_of(headers: &HeaderMap) -> u8 {
@@ -121,60 +264,50 @@ fn hops_of(headers: &HeaderMap) -> u8 {
         .unwrap_or(0)
 }
 
-fn route(state: &ApiState, request: &Request, hops: u8) -> Route {
-    let params = Params::parse(request.uri().query());
-    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
-    match state.inner.raft.as_ref() {
-        Some(raft) => {
-            // A stale read is any server's to answer; the leader answers the rest.
-            if (is_read && params.flag("stale")) || raft.is_leader() {
-                return Route::Local;
-            }
-            if hops >= MAX_HOPS {
-                return Route::Refuse(ApiError::internal(
-                    "No cluster leader: the request was forwarded too many times",
-                ));
-            }
-            match raft.leader() {
-                None => Route::Refuse(ApiError::internal("No cluster leader")),
-                Some((_, node)) => match node.addr.parse() {
-                    Ok(addr) => Route::Forward(addr),
-                    Err(_) => Route::Refuse(ApiError::internal(format!(
-                        "the leader's address {:?} is not valid",
-                        node.addr
-                    ))),
-                },
-            }
-        }
-        None => client_route(state, hops),
+fn route(state: &ApiState, stale_read: bool, hops: u8) -> Route {
+    let Some(raft) = state.inner.raft.as_ref() else {
+        return Route::Refuse(ApiError::internal("No known Consul servers"));
+    };
+    // A stale read is any server's to answer; the leader answers the rest.
+    if stale_read || raft.is_leader() {
+        return Route::Local;
+    }
+    if hops >= MAX_HOPS {
+        return Route::Refuse(ApiError::internal(
+            "No cluster leader: the request was forwarded too many times",
+        ));
+    }
+    match raft.leader() {
+        None => Route::Wait(ApiError::internal("No cluster leader")),
+        Some((_, node)) => match node.addr.parse() {
+            Ok(addr) => Route::Forward(addr),
+            Err(_) => Route::Refuse(ApiError::internal(format!(
+                "the leader's address {:?} is not valid",
+                node.addr
+            ))),
+        },
     }
 }
 
-/// A client agent sends server-bound requests to a live server it knows from gossip.
-fn client_route(state: &ApiState, hops: u8) -> Route {
+/// A client agent sends server-bound requests to a live server it knows from gossip,
+/// other than those in `avoid`.
+fn client_route(state: &ApiState, hops: u8, avoid: &HashSet<SocketAddr>) -> Route {
     if hops >= MAX_HOPS {
         return Route::Refuse(ApiError::internal("No known Consul servers"));
     }
-    match state.pick_server() {
+    match state.pick_server(avoid) {
         Some(addr) => Route::Forward(addr),
-        None => Route::Refuse(ApiError::internal("No known Consul servers")),
+        None => Route::Wait(ApiError::internal("No known Consul servers")),
     }
 }
 
-/// Carries `request` to `addr` and returns its answer.
-pub(super) async fn forward(
-    state: &ApiState,
-    addr: SocketAddr,
+/// Reads the whole request into its wire form; also returns how to make it a request
+/// again, to answer it here after all.
+async fn to_wire(
     request: Request,
     hops: u8,
-) -> Result<Response, ApiError> {
+) -> Result<(WireRequest, impl FnOnce() -> Result<Request, ApiError>), ApiError> {
     let (parts, body) = request.into_parts();
-    let params = Params::parse(parts.uri.query());
-    let wait = if params.get("index").is_some() {
-        super::blocking_wait(&params)?
-    } else {
-        Duration::ZERO
-    };
     let body = read_body(body, MAX_FORWARD_BODY, |limit| {
         format!("Request body too large, max size: {limit} bytes")
     })
@@ -190,18 +323,42 @@ pub(super) async fn forward(
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         headers,
-        body,
+        body: body.clone(),
         hops,
     };
-    let bytes = postcard::to_allocvec(&wire)
-        .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
+    let rebuild = move || Ok(Request::from_parts(parts, Body::from(body)));
+    Ok((wire, rebuild))
+}
+
+/// Returns (only) when this server knows of a leader other than `addr`: a request in
+/// flight to `addr` as the leader will not be answered by a leader any more.
+async fn leader_moved_from(state: &ApiState, addr: SocketAddr) -> String {
+    let Some(raft) = state.inner.raft.as_ref() else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some((_, node)) = raft.leader()
+            && node.addr != addr.to_string()
+        {
+            return node.addr;
+        }
+    }
+}
+
+/// One call of an encoded request to `addr`.
+async fn call(
+    state: &ApiState,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Response, TransportError> {
     let reply = state
         .transport()
-        .call_with_timeout(addr, frame(RpcKind::Http, &bytes), wait + FORWARD_GRACE)
-        .await
-        .map_err(|e| ApiError::internal(format!("forwarding to {addr}: {e}")))?;
+        .call_with_timeout(addr, frame(RpcKind::Http, request), timeout)
+        .await?;
     let answer: WireResponse = postcard::from_bytes(&reply.body)
-        .map_err(|e| ApiError::internal(format!("the answer from {addr} is not valid: {e}")))?;
+        .map_err(|e| TransportError::Remote(format!("the answer from {addr} is not valid: {e}")))?;
     Ok(into_response(answer))
 }
 

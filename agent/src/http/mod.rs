@@ -61,6 +61,9 @@ struct ApiInner {
     bus: events::Bus,
     transport: Transport,
     shutdown: CancellationToken,
+    /// Servers that failed a forwarded call, until when they are avoided.
+    penalized:
+        std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, std::time::Instant>>,
 }
 
 impl ApiState {
@@ -82,6 +85,7 @@ impl ApiState {
                 bus,
                 transport,
                 shutdown,
+                penalized: Default::default(),
             }),
         }
     }
@@ -91,8 +95,12 @@ impl ApiState {
         &self.inner.transport
     }
 
-    /// A live server of this datacenter other than this agent, chosen at random.
-    fn pick_server(&self) -> Option<std::net::SocketAddr> {
+    /// A live server of this datacenter other than this agent and those in `avoid`,
+    /// chosen at random; one that failed a call recently only if there is no other.
+    fn pick_server(
+        &self,
+        avoid: &std::collections::HashSet<std::net::SocketAddr>,
+    ) -> Option<std::net::SocketAddr> {
         use rand::seq::IndexedRandom;
 
         let info = &self.inner.info;
@@ -104,10 +112,45 @@ impl ApiState {
                     && m.dc == info.dc
                     && m.role == membership::Role::Server
                     && m.state.consul_status() == 1
+                    && !avoid.contains(&m.addr)
             })
             .map(|m| m.addr)
             .collect();
-        servers.choose(&mut rand::rng()).copied()
+        let now = std::time::Instant::now();
+        let healthy: Vec<std::net::SocketAddr> = {
+            let mut penalized = self.penalized();
+            penalized.retain(|_, until| *until > now);
+            servers
+                .iter()
+                .copied()
+                .filter(|addr| !penalized.contains_key(addr))
+                .collect()
+        };
+        let pool = if healthy.is_empty() {
+            &servers
+        } else {
+            &healthy
+        };
+        pool.choose(&mut rand::rng()).copied()
+    }
+
+    /// Avoids `addr` for [`forward::SERVER_PENALTY`] when picking a server.
+    fn penalize_server(&self, addr: std::net::SocketAddr) {
+        let until = std::time::Instant::now() + forward::SERVER_PENALTY;
+        self.penalized().insert(addr, until);
+    }
+
+    fn penalized(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::SocketAddr, std::time::Instant>,
+    > {
+        // The map is valid after every statement; a panic elsewhere cannot break it.
+        self.inner
+            .penalized
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// This agent's facts.

@@ -61,6 +61,9 @@ pub enum InvalidRequest {
     /// A batch contains another batch.
     #[error("a batch may not contain a batch")]
     NestedBatch,
+    /// A [`Request::Once`](crate::Request::Once) inside another.
+    #[error("a once-only write cannot contain another")]
+    NestedOnce,
     /// Batches are formed by the server from concurrent writes, not by callers.
     #[error("batches are formed by the server")]
     BatchNotAllowed,
@@ -80,6 +83,9 @@ pub enum InvalidRequest {
         /// The limit in bytes.
         max: usize,
     },
+    /// A catalog command is malformed or over a limit.
+    #[error("{0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// A transaction given to a read-only path contains an operation that writes.
     #[error("operation {op_index} of a read-only transaction writes")]
     NotReadOnly {

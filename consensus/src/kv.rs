@@ -150,6 +150,14 @@ fn apply_one(
             return Ok(Response::Reaped(reap(tables, *up_to_index, changes)?));
         }
         Request::Batch(_) => return Ok(Response::Rejected("nested batch".into())),
+        Request::CatalogSync(_)
+        | Request::CatalogSetNodeHealth { .. }
+        | Request::CatalogDeregisterNode { .. }
+        | Request::CatalogRegister(_)
+        | Request::CatalogDeregister { .. }
+        | Request::Once { .. } => {
+            return Ok(Response::Rejected("not a KV command".into()));
+        }
     };
     Ok(Response::Bool(ok))
 }

@@ -43,13 +43,13 @@ impl KvReader {
         &self,
         read: impl FnOnce(&crate::sm_db::View<'_, '_>) -> Result<T, crate::StoreError>,
     ) -> Result<T, ReadError> {
-        let db = {
-            let slot = self.db.read().unwrap_or_else(|e| e.into_inner());
-            slot.clone().ok_or(ReadError::Closed)?
-        };
-        let txn = db.read_txn()?;
-        let view = db.view(&txn);
-        Ok(read(&view)?)
+        read_view(&self.db, read)
+    }
+
+    /// A reader of the catalog sharing this reader's handle on the environment, so that
+    /// closing this one closes it too.
+    pub(crate) fn catalog(&self) -> crate::catalog::CatalogReader {
+        crate::catalog::CatalogReader::new(self.db.clone(), self.watches.clone())
     }
 
     /// Follows the writes this server applies from now on, in order: sets, deletes and
@@ -159,24 +159,11 @@ impl KvReader {
         after_index: u64,
         timeout: Duration,
     ) -> Result<u64, ReadError> {
-        let now = tokio::time::Instant::now();
-        // A timeout too large to represent waits "forever" (a year).
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         // Register before reading, so a change committed after the read wakes us.
-        let mut watcher = self.watches.register(&scope);
-        loop {
-            let index = self.index_for(&scope)?;
-            if index > after_index {
-                return Ok(index);
-            }
-            match tokio::time::timeout_at(deadline, watcher.changed()).await {
-                Ok(true) => continue,
-                Ok(false) => return Err(ReadError::Closed),
-                Err(_) => return self.index_for(&scope),
-            }
-        }
+        self.watches
+            .register(&scope)
+            .wait_past(after_index, timeout, || self.index_for(&scope))
+            .await
     }
 
     /// Counters of the blocking-query watchers of this server.
@@ -193,4 +180,19 @@ impl KvReader {
         let txn = db.read_txn()?;
         Ok(db.applied(&txn)?.map(|id| id.index).unwrap_or(0))
     }
+}
+
+/// Runs `read` on one read transaction of the state machine in `slot`;
+/// [`ReadError::Closed`] once the server has shut down (the slot is empty).
+pub(crate) fn read_view<T>(
+    slot: &RwLock<Option<SmDb>>,
+    read: impl FnOnce(&crate::sm_db::View<'_, '_>) -> Result<T, crate::StoreError>,
+) -> Result<T, ReadError> {
+    let db = {
+        let slot = slot.read().unwrap_or_else(|e| e.into_inner());
+        slot.clone().ok_or(ReadError::Closed)?
+    };
+    let txn = db.read_txn()?;
+    let view = db.view(&txn);
+    Ok(read(&view)?)
 }

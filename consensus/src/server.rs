@@ -10,6 +10,7 @@ use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy, SnapshotSegmentId};
 use tokio::sync::watch;
 
+use crate::catalog::CatalogReader;
 use crate::error::{Error, ReadError, WriteError};
 use crate::lmdb::{DEFAULT_MAP_SIZE, StorageMonitor};
 use crate::log_store::{LogMetricsHandle, LogStore, LogStoreMetrics};
@@ -254,6 +255,11 @@ impl RaftServer {
     /// Reader of the local KV state.
     pub fn kv(&self) -> KvReader {
         self.inner.kv.clone()
+    }
+
+    /// Reader of the local catalog (nodes, services, checks).
+    pub fn catalog(&self) -> CatalogReader {
+        self.inner.kv.catalog()
     }
 
     /// Confirms with a quorum that this node is the leader and waits until everything

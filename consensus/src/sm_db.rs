@@ -3,6 +3,8 @@
 //! Tables (named LMDB databases):
 //! - `kv`: key → [`StoredEntry`] (postcard),
 //! - `tombstones`: key → log index of its delete (big-endian u64),
+//! - `cat_nodes`, `cat_services`, `cat_checks`, `cat_by_service`, `cat_indexes`: the
+//!   catalog's tables (see `catalog::tables`),
 //! - `meta`: `applied` (last applied log id), `membership` (last applied membership),
 //!   `kv_index` (the KV table index), `kv_reaped` (the largest index of a reaped
 //!   tombstone), `installed_snapshot` (last log id of the last snapshot installed from a
@@ -21,16 +23,20 @@ use openraft::{LogId, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::tables::{CatalogTable, CatalogTables, CatalogView, RowVisit};
 use crate::error::StoreError;
 use crate::kv::{AtomicRun, KvTables, KvView};
 use crate::lmdb::open_env;
-use crate::types::{KvEntry, NodeId, ServerNode};
+use crate::types::{KvEntry, NodeId, ONCE_WINDOW, Response, ServerNode};
 
 const META_APPLIED: &str = "applied";
 const META_MEMBERSHIP: &str = "membership";
 const META_KV_INDEX: &str = "kv_index";
 const META_INSTALLED: &str = "installed_snapshot";
 const META_REAPED: &str = "kv_reaped";
+
+/// LMDB's limit on key length in bytes.
+const MAX_LMDB_KEY: usize = 511;
 
 /// Visitor of raw `(key, stored bytes)` pairs.
 type RawVisit<'a> = dyn FnMut(&str, &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
@@ -54,22 +60,53 @@ pub(crate) struct SmDb {
     kv: Database<Str, Bytes>,
     tombstones: Database<Str, U64<BigEndian>>,
     meta: Database<Str, Bytes>,
+    catalog: [Database<Str, Bytes>; 5],
+    /// Ids of once-only writes: id (16 bytes, big-endian) → [`OnceRecord`].
+    once: Database<Bytes, Bytes>,
+    /// The same ids by time: `at_ms` (8 bytes) then id (16 bytes), big-endian.
+    once_by_time: Database<Bytes, Bytes>,
+}
+
+/// What is remembered of an applied once-only write.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OnceRecord {
+    pub(crate) at_ms: u64,
+    pub(crate) response: Response,
+}
+
+fn time_key(at_ms: u64, id: u128) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&at_ms.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
 }
 
 impl SmDb {
     /// Opens (creating if needed) the environment in `dir` with a map of `map_size` bytes.
     pub(crate) fn open(dir: &Path, map_size: usize) -> Result<Self, StoreError> {
-        let env = open_env(dir, 4, map_size)?;
+        let env = open_env(dir, 12, map_size)?;
         let mut txn = env.write_txn()?;
         let kv = env.create_database(&mut txn, Some("kv"))?;
         let tombstones = env.create_database(&mut txn, Some("tombstones"))?;
         let meta = env.create_database(&mut txn, Some("meta"))?;
+        let catalog = [
+            env.create_database(&mut txn, Some("cat_nodes"))?,
+            env.create_database(&mut txn, Some("cat_services"))?,
+            env.create_database(&mut txn, Some("cat_checks"))?,
+            env.create_database(&mut txn, Some("cat_by_service"))?,
+            env.create_database(&mut txn, Some("cat_indexes"))?,
+        ];
+        let once = env.create_database(&mut txn, Some("once"))?;
+        let once_by_time = env.create_database(&mut txn, Some("once_by_time"))?;
         txn.commit()?;
         Ok(SmDb {
             env,
             kv,
             tombstones,
             meta,
+            catalog,
+            once,
+            once_by_time,
         })
     }
 
@@ -158,6 +195,141 @@ impl SmDb {
         self.kv.clear(txn)?;
         self.tombstones.clear(txn)?;
         self.meta.clear(txn)?;
+        for table in &self.catalog {
+            table.clear(txn)?;
+        }
+        self.once.clear(txn)?;
+        self.once_by_time.clear(txn)?;
+        Ok(())
+    }
+
+    /// The remembered answer of the once-only write `id`.
+    pub(crate) fn once_get(&self, txn: &RoTxn, id: u128) -> Result<Option<OnceRecord>, StoreError> {
+        match self.once.get(txn, &id.to_be_bytes())? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Remembers the answer of the once-only write `id`.
+    pub(crate) fn once_put(
+        &self,
+        txn: &mut RwTxn,
+        id: u128,
+        record: &OnceRecord,
+    ) -> Result<(), StoreError> {
+        self.once
+            .put(txn, &id.to_be_bytes(), &postcard::to_allocvec(record)?)?;
+        self.once_by_time
+            .put(txn, &time_key(record.at_ms, id), &[])?;
+        Ok(())
+    }
+
+    /// Forgets the once-only writes stamped before `cutoff_ms`; returns how many.
+    pub(crate) fn once_forget_before(
+        &self,
+        txn: &mut RwTxn,
+        cutoff_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut doomed = Vec::new();
+        for item in self.once_by_time.iter(txn)? {
+            let (key, _) = item?;
+            let (Some(at), Some(id)) = (key.get(..8), key.get(8..24)) else {
+                return Err(StoreError::Corrupt(
+                    "a once-only write key is too short".into(),
+                ));
+            };
+            let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
+            if at >= cutoff_ms {
+                break;
+            }
+            doomed.push((key.to_vec(), id.to_vec()));
+        }
+        for (time, id) in &doomed {
+            self.once_by_time.delete(txn, time)?;
+            self.once.delete(txn, id)?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Visits every remembered once-only write (for snapshots).
+    pub(crate) fn for_each_once(
+        &self,
+        txn: &RoTxn,
+        visit: &mut dyn FnMut(u128, OnceRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.once.iter(txn)? {
+            let (key, bytes) = item?;
+            let id: [u8; 16] = key
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a once-only write id is not 16 bytes".into()))?;
+            visit(u128::from_be_bytes(id), postcard::from_bytes(bytes)?)?;
+        }
+        Ok(())
+    }
+
+    fn catalog_db(&self, table: CatalogTable) -> Database<Str, Bytes> {
+        self.catalog[table as usize]
+    }
+
+    fn catalog_get(
+        &self,
+        txn: &RoTxn,
+        table: CatalogTable,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // No stored key is empty or longer than LMDB allows; a read may ask for one.
+        if key.is_empty() || key.len() > MAX_LMDB_KEY {
+            return Ok(None);
+        }
+        Ok(self.catalog_db(table).get(txn, key)?.map(<[u8]>::to_vec))
+    }
+
+    /// Visits the rows of a catalog table whose key starts with `prefix`, in key order.
+    pub(crate) fn catalog_scan(
+        &self,
+        txn: &RoTxn,
+        table: CatalogTable,
+        prefix: &str,
+        visit: &mut RowVisit<'_>,
+    ) -> Result<(), StoreError> {
+        let db = self.catalog_db(table);
+        if prefix.len() > MAX_LMDB_KEY {
+            return Ok(());
+        }
+        if prefix.is_empty() {
+            for item in db.iter(txn)? {
+                let (key, bytes) = item?;
+                if visit(key, bytes)?.is_break() {
+                    break;
+                }
+            }
+        } else {
+            for item in db.prefix_iter(txn, prefix)? {
+                let (key, bytes) = item?;
+                if visit(key, bytes)?.is_break() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a raw catalog row (also used to load snapshots).
+    pub(crate) fn catalog_put(
+        &self,
+        txn: &mut RwTxn,
+        table: CatalogTable,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        if key.is_empty() || key.len() > MAX_LMDB_KEY {
+            return Err(StoreError::Corrupt(format!(
+                "catalog key of {} bytes cannot be stored",
+                key.len()
+            )));
+        }
+        self.catalog_db(table).put(txn, key, value)?;
         Ok(())
     }
 
@@ -395,6 +567,72 @@ macro_rules! impl_kv_view {
 
 impl_kv_view!(View<'_, '_>);
 impl_kv_view!(Tables<'_, '_>);
+
+impl Tables<'_, '_> {
+    /// Applies the once-only write `id`, stamped `at_ms`, with `run`, unless it was
+    /// applied before: then its first answer is returned and nothing changes. Ids
+    /// stamped more than [`ONCE_WINDOW`] before `at_ms` are forgotten first.
+    pub(crate) fn once(
+        &mut self,
+        id: u128,
+        at_ms: u64,
+        run: impl FnOnce(&mut Self) -> Result<Response, StoreError>,
+    ) -> Result<Response, StoreError> {
+        let window = ONCE_WINDOW.as_millis() as u64;
+        self.db
+            .once_forget_before(self.txn, at_ms.saturating_sub(window))?;
+        if let Some(first) = self.db.once_get(self.txn, id)? {
+            return Ok(first.response);
+        }
+        let response = run(self)?;
+        let record = OnceRecord {
+            at_ms,
+            response: response.clone(),
+        };
+        self.db.once_put(self.txn, id, &record)?;
+        Ok(response)
+    }
+}
+
+/// Implements [`CatalogView`] for [`View`] and [`Tables`], as `impl_kv_view` does.
+macro_rules! impl_catalog_view {
+    ($ty:ty) => {
+        impl CatalogView for $ty {
+            fn get_row(
+                &self,
+                table: CatalogTable,
+                key: &str,
+            ) -> Result<Option<Vec<u8>>, StoreError> {
+                self.db.catalog_get(self.txn, table, key)
+            }
+
+            fn scan_rows(
+                &self,
+                table: CatalogTable,
+                prefix: &str,
+                visit: &mut RowVisit<'_>,
+            ) -> Result<(), StoreError> {
+                self.db.catalog_scan(self.txn, table, prefix, visit)
+            }
+        }
+    };
+}
+
+impl_catalog_view!(View<'_, '_>);
+impl_catalog_view!(Tables<'_, '_>);
+
+impl CatalogTables for Tables<'_, '_> {
+    fn put_row(&mut self, table: CatalogTable, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.catalog_put(self.txn, table, key, value)
+    }
+
+    fn delete_row(&mut self, table: CatalogTable, key: &str) -> Result<bool, StoreError> {
+        if key.is_empty() || key.len() > MAX_LMDB_KEY {
+            return Ok(false);
+        }
+        Ok(self.db.catalog_db(table).delete(self.txn, key)?)
+    }
+}
 
 impl KvTables for Tables<'_, '_> {
     fn put(&mut self, entry: &KvEntry) -> Result<(), StoreError> {

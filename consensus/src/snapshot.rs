@@ -5,7 +5,8 @@
 //! An 8-byte magic, then frames of `u32` little-endian length + postcard [`Record`]: one
 //! `Header` (snapshot meta and the KV table index), a `ReapedFloor` record if tombstones
 //! were ever reaped (omitted otherwise, so such snapshots read as before), the KV entries,
-//! the tombstones, and an `End` record with the counts, so a truncated file is detected.
+//! the tombstones, the catalog's rows with their count (both omitted when the catalog is
+//! empty), and an `End` record with the counts, so a truncated file is detected.
 //!
 //! # Files
 //! `<data>/snapshots/current.snap` is the current snapshot. New files are written under a
@@ -32,10 +33,11 @@ use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::catalog::tables::CatalogTable;
 use crate::error::StoreError;
 use crate::lmdb::{create_dir_durable, sync_dir};
-use crate::sm_db::SmDb;
-use crate::types::{KvEntry, NodeId, ServerNode};
+use crate::sm_db::{OnceRecord, SmDb};
+use crate::types::{KvEntry, NodeId, Response, ServerNode};
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
 const CURRENT: &str = "current.snap";
@@ -51,11 +53,34 @@ pub(crate) type Meta = SnapshotMeta<NodeId, ServerNode>;
 /// One frame of a snapshot file.
 #[derive(Serialize, Deserialize)]
 enum Record {
-    Header { meta: Meta, kv_index: u64 },
+    Header {
+        meta: Meta,
+        kv_index: u64,
+    },
     Entry(KvEntry),
-    Tombstone { key: String, index: u64 },
-    End { entries: u64, tombstones: u64 },
+    Tombstone {
+        key: String,
+        index: u64,
+    },
+    End {
+        entries: u64,
+        tombstones: u64,
+    },
     ReapedFloor(u64),
+    /// One row of a catalog table, as stored.
+    CatalogRow {
+        table: CatalogTable,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// How many catalog rows the snapshot holds; written after them.
+    CatalogRows(u64),
+    /// A remembered once-only write.
+    Once {
+        id: u128,
+        at_ms: u64,
+        response: Response,
+    },
 }
 
 struct Current {
@@ -235,6 +260,34 @@ impl SnapshotDir {
                 },
             )
         })?;
+        let mut catalog_rows = 0u64;
+        for table in CatalogTable::ALL {
+            db.catalog_scan(&txn, table, "", &mut |key, value| {
+                catalog_rows += 1;
+                write_record(
+                    &mut out,
+                    &Record::CatalogRow {
+                        table,
+                        key: key.to_owned(),
+                        value: value.to_vec(),
+                    },
+                )?;
+                Ok(std::ops::ControlFlow::Continue(()))
+            })?;
+        }
+        if catalog_rows > 0 {
+            write_record(&mut out, &Record::CatalogRows(catalog_rows))?;
+        }
+        db.for_each_once(&txn, &mut |id, record| {
+            write_record(
+                &mut out,
+                &Record::Once {
+                    id,
+                    at_ms: record.at_ms,
+                    response: record.response,
+                },
+            )
+        })?;
         drop(txn);
         write_record(
             &mut out,
@@ -353,6 +406,7 @@ pub(crate) fn load_into(db: &SmDb, input: &mut impl Read, meta: &Meta) -> Result
     let mut txn = db.env.write_txn()?;
     db.clear(&mut txn)?;
     let (mut entries, mut tombstones) = (0u64, 0u64);
+    let (mut catalog_rows, mut want_catalog_rows) = (0u64, 0u64);
     loop {
         match read_record(input)? {
             Record::ReapedFloor(floor) => db.set_reaped_floor(&mut txn, floor)?,
@@ -364,10 +418,26 @@ pub(crate) fn load_into(db: &SmDb, input: &mut impl Read, meta: &Meta) -> Result
                 db.put_tombstone(&mut txn, &key, index)?;
                 tombstones += 1;
             }
+            Record::CatalogRow { table, key, value } => {
+                db.catalog_put(&mut txn, table, &key, &value)?;
+                catalog_rows += 1;
+            }
+            Record::CatalogRows(n) => want_catalog_rows = n,
+            Record::Once {
+                id,
+                at_ms,
+                response,
+            } => db.once_put(&mut txn, id, &OnceRecord { at_ms, response })?,
             Record::End {
                 entries: want_entries,
                 tombstones: want_tombstones,
             } => {
+                if catalog_rows != want_catalog_rows {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot holds {catalog_rows} catalog rows, it announced \
+                         {want_catalog_rows}"
+                    )));
+                }
                 if (entries, tombstones) != (want_entries, want_tombstones) {
                     return Err(StoreError::Corrupt(format!(
                         "snapshot holds {entries} entries and {tombstones} tombstones, \

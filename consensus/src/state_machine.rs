@@ -18,11 +18,12 @@ use openraft::{
 };
 use tokio::sync::watch;
 
+use crate::catalog;
 use crate::error::StoreError;
 use crate::kv;
-use crate::sm_db::SmDb;
+use crate::sm_db::{SmDb, Tables};
 use crate::snapshot::{Durability, Meta, SnapshotDir};
-use crate::types::{NodeId, Response, ServerNode, TypeConfig};
+use crate::types::{NodeId, Request, Response, ServerNode, TypeConfig};
 use crate::watch::{Changes, WatchRegistry};
 
 /// The state machine; owned by openraft's state machine worker.
@@ -100,7 +101,7 @@ fn apply_batch(
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::Empty,
-            EntryPayload::Normal(request) => kv::apply(
+            EntryPayload::Normal(request) => apply_request(
                 &mut db.tables(&mut txn),
                 entry.log_id.index,
                 request,
@@ -118,6 +119,38 @@ fn apply_batch(
     txn.commit()?;
     watches.notify(&changes);
     Ok(responses)
+}
+
+/// Applies one command (KV or catalog; a batch element by element), made by the log
+/// entry at `index`.
+fn apply_request(
+    tables: &mut Tables<'_, '_>,
+    index: u64,
+    request: &Request,
+    changes: &mut Changes,
+) -> Result<Response, StoreError> {
+    match request {
+        Request::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            for r in requests {
+                responses.push(match r {
+                    Request::Batch(_) => Response::Rejected("nested batch".into()),
+                    single => apply_request(tables, index, single, changes)?,
+                });
+            }
+            Ok(Response::Batch(responses))
+        }
+        Request::Once { id, at_ms, request } => match request.as_ref() {
+            Request::Batch(_) | Request::Once { .. } => Ok(Response::Rejected(
+                "a once-only write holds a batch or another".into(),
+            )),
+            single => tables.once(*id, *at_ms, |tables| {
+                apply_request(tables, index, single, changes)
+            }),
+        },
+        single if single.is_catalog() => catalog::apply(tables, index, single, changes),
+        single => kv::apply(tables, index, single, changes),
+    }
 }
 
 /// Runs blocking LMDB or file work off the async threads.

@@ -392,3 +392,159 @@ async fn oversized_snapshot_is_refused_before_copying() {
     assert!(sm.install_snapshot(&snapshot.meta, received).await.is_err());
     assert_eq!(dump(&db), before);
 }
+
+/// Every row of every catalog table.
+fn catalog_rows(db: &SmDb) -> Vec<(crate::catalog::tables::CatalogTable, String, Vec<u8>)> {
+    use crate::catalog::tables::CatalogTable;
+    let txn = db.read_txn().unwrap();
+    let mut rows = Vec::new();
+    for table in CatalogTable::ALL {
+        db.catalog_scan(&txn, table, "", &mut |key, value| {
+            rows.push((table, key.to_owned(), value.to_vec()));
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .unwrap();
+    }
+    rows
+}
+
+#[tokio::test]
+async fn snapshots_carry_the_catalog() {
+    use crate::catalog::{CheckEntry, CheckStatus, NodeRegistration, ServiceEntry};
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let (db_a, mut sm_a) = open_sm(dir_a.path()).unwrap();
+    let sync = Request::CatalogSync(NodeRegistration {
+        node: "n1".into(),
+        address: "10.0.0.1".into(),
+        services: vec![ServiceEntry {
+            service: "web".into(),
+            tags: vec!["v1".into()],
+            port: 80,
+            ..ServiceEntry::default()
+        }],
+        checks: vec![CheckEntry {
+            check_id: "web-ok".into(),
+            name: "web".into(),
+            status: CheckStatus::Passing,
+            notes: String::new(),
+            output: "ok".into(),
+            service_id: "web".into(),
+            kind: "ttl".into(),
+        }],
+        ..NodeRegistration::default()
+    });
+    sm_a.apply(vec![
+        entry(1, set("k", "v")),
+        entry(2, EntryPayload::Normal(sync)),
+        entry(
+            3,
+            EntryPayload::Normal(Request::CatalogSetNodeHealth {
+                node: "n2".into(),
+                address: "10.0.0.2".into(),
+                status: CheckStatus::Critical,
+                output: "dead".into(),
+            }),
+        ),
+    ])
+    .await
+    .unwrap();
+    let rows = catalog_rows(&db_a);
+    assert!(rows.len() > 5, "{rows:?}");
+    let snapshot = build(&mut sm_a).await;
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let (db_b, mut sm_b) = open_sm(dir_b.path()).unwrap();
+    sm_b.apply(vec![entry(
+        1,
+        EntryPayload::Normal(Request::CatalogDeregisterNode { node: "x".into() }),
+    )])
+    .await
+    .unwrap();
+    let received = receive(&mut sm_b, snapshot.snapshot).await;
+    sm_b.install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(catalog_rows(&db_b), rows);
+    assert_eq!(dump(&db_b), dump(&db_a));
+}
+
+fn once(id: u128, at_ms: u64, request: EntryPayload<TypeConfig>) -> EntryPayload<TypeConfig> {
+    let EntryPayload::Normal(request) = request else {
+        unreachable!("only commands are wrapped")
+    };
+    EntryPayload::Normal(Request::Once {
+        id,
+        at_ms,
+        request: Box::new(request),
+    })
+}
+
+fn cas(key: &str, value: &str, index: u64) -> EntryPayload<TypeConfig> {
+    EntryPayload::Normal(Request::KvCas {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        index,
+    })
+}
+
+#[tokio::test]
+async fn a_once_only_write_sent_again_is_applied_once_and_gets_the_first_answer() {
+    use crate::types::Response;
+
+    let window = crate::ONCE_WINDOW.as_millis() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut sm) = open_sm(dir.path()).unwrap();
+    // A CAS that creates the key, its copy (which as a second CAS would fail), and
+    // another write in between that a re-applied copy would overwrite.
+    let responses = sm
+        .apply(vec![
+            entry(1, once(7, 1_000, cas("k", "first", 0))),
+            entry(2, set("k", "other")),
+            entry(3, once(7, 2_000, cas("k", "first", 0))),
+            entry(4, once(8, 2_000, cas("k", "second", 0))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        responses,
+        [
+            Response::Bool(true),
+            Response::Bool(true),
+            Response::Bool(true),
+            Response::Bool(false),
+        ]
+    );
+    let entry_k = |db: &SmDb| {
+        let txn = db.read_txn().unwrap();
+        let value = kv::KvView::entry(&db.view(&txn), "k").unwrap().unwrap();
+        (String::from_utf8(value.value).unwrap(), value.modify_index)
+    };
+    assert_eq!(entry_k(&db), ("other".to_string(), 2));
+
+    // Snapshots carry the remembered ids.
+    let snapshot = build(&mut sm).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let (db_b, mut sm_b) = open_sm(dir_b.path()).unwrap();
+    let received = receive(&mut sm_b, snapshot.snapshot).await;
+    sm_b.install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    let again = sm_b
+        .apply(vec![entry(5, once(7, 3_000, cas("k", "first", 0)))])
+        .await
+        .unwrap();
+    assert_eq!(again, [Response::Bool(true)]);
+    assert_eq!(entry_k(&db_b), ("other".to_string(), 2));
+
+    // Past the window the id is forgotten: the copy is a new write (a failing CAS).
+    let late = sm_b
+        .apply(vec![entry(
+            6,
+            once(7, 1_000 + window + 1, cas("k", "first", 0)),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(late, [Response::Bool(false)]);
+}

@@ -8,6 +8,7 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::catalog::{self, CatalogOutcome, CatalogRegistration, CheckStatus, NodeRegistration};
 use crate::error::InvalidRequest;
 use crate::txn::{self, TxnOp, TxnOutcome};
 
@@ -19,6 +20,10 @@ pub const MAX_KEY_LEN: usize = 500;
 
 /// Largest accepted value, in bytes.
 pub const MAX_VALUE_LEN: usize = 512 * 1024;
+
+/// How long the id of a [`Request::Once`] is remembered, measured between the stamps
+/// of log entries: far longer than any retry takes.
+pub const ONCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Largest estimated AppendEntries payload: the log reader stops there, and larger
 /// requests are split by openraft.
@@ -100,6 +105,59 @@ pub enum Request {
         /// Tombstones with this index or a lower one are removed.
         up_to_index: u64,
     },
+    /// The whole local state of one node, as its agent's anti-entropy pushes it: creates
+    /// or updates the node and replaces its services and checks with exactly these,
+    /// except the `serfHealth` check, which is kept (a sync naming it is invalid).
+    /// Unchanged entries keep their ModifyIndex. Answered by [`Response::Catalog`].
+    CatalogSync(NodeRegistration),
+    /// Sets the node's `serfHealth` check (gossip's view of the node), creating the node
+    /// with `address` if it is not registered. An unchanged status and output change
+    /// nothing. Answered by [`Response::Catalog`].
+    CatalogSetNodeHealth {
+        /// The node.
+        node: String,
+        /// Its address, used if the node is created.
+        address: String,
+        /// The new status.
+        status: CheckStatus,
+        /// The check's output (truncated to
+        /// [`MAX_CHECK_OUTPUT`](crate::MAX_CHECK_OUTPUT) bytes).
+        output: String,
+    },
+    /// Removes a node with all its services and checks; a missing node changes nothing.
+    /// Answered by [`Response::Catalog`].
+    CatalogDeregisterNode {
+        /// The node.
+        node: String,
+    },
+    /// Consul's `PUT /v1/catalog/register`: creates or updates the node and adds or
+    /// updates one service and some checks, removing nothing. Answered by
+    /// [`Response::Catalog`], or [`Response::Rejected`] when a check names a service the
+    /// node does not have.
+    CatalogRegister(CatalogRegistration),
+    /// Consul's `PUT /v1/catalog/deregister`: removes a service (and its checks), a
+    /// check, or the whole node when neither is given. Answered by [`Response::Catalog`].
+    CatalogDeregister {
+        /// The node.
+        node: String,
+        /// The service instance to remove.
+        service_id: Option<String>,
+        /// The check to remove.
+        check_id: Option<String>,
+    },
+    /// A write that its sender may send again when an answer is lost (a client agent
+    /// retrying on another server after a failover): applied the first time only; a
+    /// later copy with the same `id` gets the first answer and changes nothing. Ids are
+    /// remembered for [`ONCE_WINDOW`](crate::ONCE_WINDOW), measured with the `at_ms`
+    /// stamps in the log, so every server forgets them at the same entry.
+    Once {
+        /// Unique id chosen by the sender (a random UUID).
+        id: u128,
+        /// When the leader proposed it, in milliseconds since the Unix epoch.
+        at_ms: u64,
+        /// The write; not a batch and not another `Once`.
+        request: Box<Request>,
+    },
 }
 
 /// The result of applying one log entry.
@@ -117,6 +175,8 @@ pub enum Response {
     Txn(TxnOutcome),
     /// Number of tombstones a [`Request::KvReapTombstones`] removed.
     Reaped(u64),
+    /// What a catalog command changed.
+    Catalog(CatalogOutcome),
 }
 
 /// A key/value entry with Consul's metadata.
@@ -154,19 +214,73 @@ impl Request {
             }),
             Request::Txn(ops) => txn::validate(ops),
             Request::KvReapTombstones { .. } => Ok(()),
+            Request::Once { request, .. } => match request.as_ref() {
+                Request::Batch(_) => Err(InvalidRequest::NestedBatch),
+                Request::Once { .. } => Err(InvalidRequest::NestedOnce),
+                inner => inner.validate(),
+            },
+            Request::CatalogSync(reg) => Ok(reg.validate()?),
+            Request::CatalogSetNodeHealth {
+                node,
+                address,
+                output,
+                ..
+            } => {
+                catalog::check_node_health(node, address)?;
+                if output.len() > 16 * catalog::MAX_CHECK_OUTPUT {
+                    return Err(catalog::CatalogError::TooLong {
+                        what: "check output",
+                        len: output.len(),
+                        max: 16 * catalog::MAX_CHECK_OUTPUT,
+                    }
+                    .into());
+                }
+                Ok(())
+            }
+            Request::CatalogDeregisterNode { node } => Ok(catalog::check_node_name(node)?),
+            Request::CatalogRegister(reg) => Ok(reg.validate()?),
+            Request::CatalogDeregister {
+                node,
+                service_id,
+                check_id,
+            } => Ok(catalog::check_deregister(
+                node,
+                service_id.as_deref(),
+                check_id.as_deref(),
+            )?),
         }
+    }
+
+    /// True for the catalog's commands.
+    pub(crate) fn is_catalog(&self) -> bool {
+        matches!(
+            self,
+            Request::CatalogSync(_)
+                | Request::CatalogSetNodeHealth { .. }
+                | Request::CatalogDeregisterNode { .. }
+                | Request::CatalogRegister(_)
+                | Request::CatalogDeregister { .. }
+        )
     }
 
     /// True for commands that may grow the stores (refused while a store is nearly full;
     /// deletes are let through so space can be freed).
     pub(crate) fn adds_data(&self) -> bool {
         match self {
-            Request::KvSet { .. } | Request::KvCas { .. } => true,
+            Request::KvSet { .. }
+            | Request::KvCas { .. }
+            | Request::CatalogSync(_)
+            | Request::CatalogSetNodeHealth { .. }
+            | Request::CatalogRegister(_) => true,
             Request::KvDelete { .. }
             | Request::KvDeleteCas { .. }
             | Request::KvDeleteTree { .. }
-            | Request::KvReapTombstones { .. } => false,
+            | Request::KvReapTombstones { .. }
+            | Request::CatalogDeregisterNode { .. }
+            | Request::CatalogDeregister { .. } => false,
             Request::Batch(requests) => requests.iter().any(Request::adds_data),
+            // Its id is remembered too.
+            Request::Once { .. } => true,
             Request::Txn(ops) => ops.iter().any(TxnOp::adds_data),
         }
     }
@@ -185,6 +299,26 @@ impl Request {
             }
             Request::Txn(ops) => OVERHEAD + ops.iter().map(TxnOp::approx_size).sum::<usize>(),
             Request::KvReapTombstones { .. } => OVERHEAD,
+            Request::Once { request, .. } => OVERHEAD + request.approx_size(),
+            Request::CatalogSync(reg) => OVERHEAD + reg.approx_size(),
+            Request::CatalogSetNodeHealth {
+                node,
+                address,
+                output,
+                ..
+            } => OVERHEAD + node.len() + address.len() + output.len(),
+            Request::CatalogDeregisterNode { node } => OVERHEAD + node.len(),
+            Request::CatalogRegister(reg) => OVERHEAD + reg.approx_size(),
+            Request::CatalogDeregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                OVERHEAD
+                    + node.len()
+                    + service_id.as_ref().map_or(0, String::len)
+                    + check_id.as_ref().map_or(0, String::len)
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Blocking-query support: a registry of watchers that wakes only the watchers of what
 //! changed.
 //!
-//! A watcher watches one [`WatchScope`]: a key, or a prefix. The registry keeps one slot per
-//! watched key and one per watched prefix; a slot is a `tokio::sync::watch` channel shared
+//! A watcher watches one [`WatchScope`]: a key, or a prefix; or one
+//! [`CatalogScope`](crate::CatalogScope) of the catalog. The registry keeps one slot per
+//! watched key, one per watched prefix and one per watched catalog scope; a slot is a `tokio::sync::watch` channel shared
 //! by every watcher of that scope, so an idle watcher is a parked task and costs no CPU.
 //!
 //! After each state machine transaction commits, the state machine hands the registry the
@@ -11,6 +12,7 @@
 //!   looking up the key's leading bytes at each length some watched prefix has);
 //! - for a tree delete of prefix `P`: the watchers of keys and prefixes that start with
 //!   `P`, and of prefixes of `P`;
+//! - the watchers of each catalog scope a catalog command changed;
 //! - every prefix watcher when the tombstone floor rose (reaping can change any prefix's
 //!   index), and everyone after a snapshot install.
 //!
@@ -26,6 +28,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, watch};
+
+use crate::catalog::{CatalogChange, CatalogScope};
 
 /// Changes kept for a slow follower of [`KvReader::changes`](crate::KvReader::changes)
 /// before it starts losing the oldest.
@@ -70,6 +74,8 @@ pub struct WatchStats {
     pub keys: usize,
     /// Distinct prefixes watched now.
     pub prefixes: usize,
+    /// Distinct catalog scopes watched now.
+    pub catalog_scopes: usize,
     /// Watchers registered now.
     pub watchers: usize,
     /// Times a waiting watcher was woken by a change, since the server started.
@@ -89,6 +95,10 @@ pub(crate) struct Changes {
     pub(crate) all: bool,
     /// The writes, in the order they were applied, for the change feed.
     pub(crate) feed: Vec<KvChange>,
+    /// Catalog scopes whose index rose.
+    pub(crate) catalog: BTreeSet<CatalogScope>,
+    /// The catalog changes, in the order they were applied, for the catalog feed.
+    pub(crate) catalog_feed: Vec<CatalogChange>,
 }
 
 impl Changes {
@@ -117,16 +127,28 @@ impl Changes {
         }
     }
 
+    /// Records that the index of a catalog scope rose.
+    pub(crate) fn catalog_scope(&mut self, scope: CatalogScope) {
+        self.catalog.insert(scope);
+    }
+
     pub(crate) fn merge(&mut self, other: Changes) {
         self.keys.extend(other.keys);
         self.trees.extend(other.trees);
         self.all_prefixes |= other.all_prefixes;
         self.all |= other.all;
         self.feed.extend(other.feed);
+        self.catalog.extend(other.catalog);
+        self.catalog_feed.extend(other.catalog_feed);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.trees.is_empty() && !self.all_prefixes && !self.all
+        self.keys.is_empty()
+            && self.trees.is_empty()
+            && !self.all_prefixes
+            && !self.all
+            && self.catalog.is_empty()
+            && self.catalog_feed.is_empty()
     }
 }
 
@@ -134,6 +156,7 @@ impl Changes {
 struct Slots {
     keys: BTreeMap<String, watch::Sender<()>>,
     prefixes: BTreeMap<String, watch::Sender<()>>,
+    catalog: BTreeMap<CatalogScope, watch::Sender<()>>,
     /// How many watched prefixes have each length, so that the prefixes of a changed key
     /// are found with one lookup per length in use.
     prefix_lens: BTreeMap<usize, usize>,
@@ -179,6 +202,7 @@ pub(crate) struct WatchRegistry {
     slots: Mutex<Slots>,
     wakeups: AtomicU64,
     feed: broadcast::Sender<KvChange>,
+    catalog_feed: broadcast::Sender<CatalogChange>,
 }
 
 impl Default for WatchRegistry {
@@ -187,6 +211,7 @@ impl Default for WatchRegistry {
             slots: Mutex::default(),
             wakeups: AtomicU64::default(),
             feed: broadcast::Sender::new(CHANGE_FEED_CAPACITY),
+            catalog_feed: broadcast::Sender::new(CHANGE_FEED_CAPACITY),
         }
     }
 }
@@ -218,10 +243,37 @@ impl WatchRegistry {
         };
         Watcher {
             registry: self.clone(),
-            name: name.to_owned(),
-            prefix,
+            slot: SlotName::Kv {
+                name: name.to_owned(),
+                prefix,
+            },
             rx: Some(rx),
         }
+    }
+
+    /// Registers a watcher of a catalog scope. Call before reading the state it depends
+    /// on.
+    pub(crate) fn register_catalog(self: &Arc<Self>, scope: &CatalogScope) -> Watcher {
+        let mut slots = self.lock();
+        let rx = if slots.closed {
+            watch::channel(()).1
+        } else if let Some(slot) = slots.catalog.get(scope) {
+            slot.subscribe()
+        } else {
+            let (tx, rx) = watch::channel(());
+            slots.catalog.insert(scope.clone(), tx);
+            rx
+        };
+        Watcher {
+            registry: self.clone(),
+            slot: SlotName::Catalog(scope.clone()),
+            rx: Some(rx),
+        }
+    }
+
+    /// Follows the catalog changes applied from now on.
+    pub(crate) fn subscribe_catalog_changes(&self) -> broadcast::Receiver<CatalogChange> {
+        self.catalog_feed.subscribe()
     }
 
     /// Follows the writes applied from now on.
@@ -240,16 +292,27 @@ impl WatchRegistry {
                 let _ = self.feed.send(change.clone());
             }
         }
+        if self.catalog_feed.receiver_count() > 0 {
+            for change in &changes.catalog_feed {
+                let _ = self.catalog_feed.send(change.clone());
+            }
+        }
         let slots = self.lock();
         if changes.all {
             slots
                 .keys
                 .values()
                 .chain(slots.prefixes.values())
+                .chain(slots.catalog.values())
                 .for_each(|s| {
                     s.send_replace(());
                 });
             return;
+        }
+        for scope in &changes.catalog {
+            if let Some(slot) = slots.catalog.get(scope) {
+                slot.send_replace(());
+            }
         }
         if changes.all_prefixes {
             slots.prefixes.values().for_each(|s| {
@@ -288,6 +351,7 @@ impl WatchRegistry {
         slots.closed = true;
         slots.keys.clear();
         slots.prefixes.clear();
+        slots.catalog.clear();
         slots.prefix_lens.clear();
     }
 
@@ -297,19 +361,34 @@ impl WatchRegistry {
             .keys
             .values()
             .chain(slots.prefixes.values())
+            .chain(slots.catalog.values())
             .map(|s| s.receiver_count())
             .sum();
         WatchStats {
             keys: slots.keys.len(),
             prefixes: slots.prefixes.len(),
+            catalog_scopes: slots.catalog.len(),
             watchers,
             wakeups: self.wakeups.load(Ordering::Relaxed),
         }
     }
 
-    fn unregister(&self, name: &str, prefix: bool, rx: watch::Receiver<()>) {
+    fn unregister(&self, slot: &SlotName, rx: watch::Receiver<()>) {
         let mut slots = self.lock();
         drop(rx);
+        let (name, prefix) = match slot {
+            SlotName::Kv { name, prefix } => (name.as_str(), *prefix),
+            SlotName::Catalog(scope) => {
+                if slots
+                    .catalog
+                    .get(scope)
+                    .is_some_and(|s| s.receiver_count() == 0)
+                {
+                    slots.catalog.remove(scope);
+                }
+                return;
+            }
+        };
         let map = slots.map(prefix);
         if map.get(name).is_some_and(|s| s.receiver_count() == 0) {
             map.remove(name);
@@ -323,11 +402,16 @@ impl WatchRegistry {
     }
 }
 
+/// The slot a watcher is registered in.
+enum SlotName {
+    Kv { name: String, prefix: bool },
+    Catalog(CatalogScope),
+}
+
 /// One registered watcher; unregisters when dropped.
 pub(crate) struct Watcher {
     registry: Arc<WatchRegistry>,
-    name: String,
-    prefix: bool,
+    slot: SlotName,
     rx: Option<watch::Receiver<()>>,
 }
 
@@ -349,7 +433,36 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         if let Some(rx) = self.rx.take() {
-            self.registry.unregister(&self.name, self.prefix, rx);
+            self.registry.unregister(&self.slot, rx);
+        }
+    }
+}
+
+impl Watcher {
+    /// A blocking-query wait on this (already registered) watcher: returns the index
+    /// `index_now` reads as soon as it is greater than `after_index`, or after `timeout`
+    /// whatever it is then; [`ReadError::Closed`] when the server shuts down. A timeout
+    /// too large to represent waits "forever" (a year).
+    pub(crate) async fn wait_past(
+        mut self,
+        after_index: u64,
+        timeout: std::time::Duration,
+        index_now: impl Fn() -> Result<u64, crate::ReadError>,
+    ) -> Result<u64, crate::ReadError> {
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 24 * 3600));
+        loop {
+            let index = index_now()?;
+            if index > after_index {
+                return Ok(index);
+            }
+            match tokio::time::timeout_at(deadline, self.changed()).await {
+                Ok(true) => continue,
+                Ok(false) => return Err(crate::ReadError::Closed),
+                Err(_) => return index_now(),
+            }
         }
     }
 }
@@ -482,6 +595,7 @@ mod tests {
             WatchStats {
                 keys: 1,
                 prefixes: 1,
+                catalog_scopes: 0,
                 watchers: 3,
                 wakeups: 0
             }

@@ -1,6 +1,7 @@
 //! Scenario tests of `RaftServer`: single servers on disk and in-memory clusters.
 
 mod blocking;
+mod catalog;
 mod cluster;
 mod faults;
 mod membership;

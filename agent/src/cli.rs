@@ -200,9 +200,9 @@ pub struct ForceLeaveArgs {
 pub struct RunArgs {
     /// TOML or JSON file of settings (repeatable), by extension (.toml, .json). Keys are
     /// the flag names with underscores (`data_dir`, `join`, ...; `event_handlers` for
-    /// --event-handler) plus `services`. Flags on the command line override the files; later
-    /// files override earlier ones; lists (join, join_wan, event_handlers, services)
-    /// add up. Relative paths in a file are relative to the file's directory.
+    /// --event-handler) plus `services` and `checks`. Flags on the command line override the files; later
+    /// files override earlier ones; lists (join, join_wan, event_handlers, services,
+    /// checks) add up. Relative paths in a file are relative to the file's directory.
     #[arg(long, value_name = "FILE")]
     pub config: Vec<PathBuf>,
     /// Single server that bootstraps itself, with a temporary data dir (unless
@@ -282,6 +282,10 @@ pub struct RunArgs {
     /// [default: 512].
     #[arg(long, value_name = "BYTES")]
     pub event_size_limit: Option<usize>,
+    /// Let the HTTP API register script checks (`Args`), which run commands as the
+    /// agent's user; script checks of config files run without it.
+    #[arg(long)]
+    pub enable_script_checks: bool,
     /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::cli::RunArgs;
 use crate::handlers::{HandlerSpec, SpecError};
-use crate::local::{InvalidService, ServiceDefinition};
+use crate::local::{CheckDefinition, InvalidService, MAX_CHECKS, MAX_SERVICES, ServiceDefinition};
 
 pub use file::ConfigFile;
 
@@ -94,6 +94,11 @@ pub struct Config {
     pub event_size_limit: events::SizeLimit,
     /// Services defined for this agent (from config files), checked, with unique ids.
     pub services: Vec<ServiceDefinition>,
+    /// Checks defined for this agent (from config files, those of services included),
+    /// checked, with unique ids, each of the node or of one of `services`.
+    pub checks: Vec<CheckDefinition>,
+    /// Whether the HTTP API may register script checks.
+    pub enable_script_checks: bool,
     /// Log filter (tracing's EnvFilter syntax).
     pub log_level: String,
 }
@@ -168,6 +173,26 @@ pub enum ConfigError {
         first: PathBuf,
         /// The file of the second.
         second: PathBuf,
+    },
+    /// A check definition that cannot be used.
+    #[error("config file {file}: check {check:?}: {reason}")]
+    Check {
+        /// The file defining it.
+        file: PathBuf,
+        /// Its id.
+        check: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// More services or checks than an agent holds.
+    #[error("the config files define {count} {what}, more than {max}")]
+    TooMany {
+        /// `services` or `checks`.
+        what: &'static str,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
     },
 }
 
@@ -268,6 +293,7 @@ impl Config {
         let join = concat(files, |f| &f.join, parse_join(&args.join)?);
         let join_wan = concat(files, |f| &f.join_wan, parse_join(&args.join_wan)?);
         let event_handlers = concat(files, |f| &f.event_handlers, args.event_handler.clone());
+        let (services, checks) = services_and_checks(files)?;
         let event_size_limit = pick(&args.event_size_limit, files, |f| &f.event_size_limit)
             .unwrap_or(events::user::DEFAULT_MAX_EVENT_SIZE);
 
@@ -302,7 +328,14 @@ impl Config {
             .unwrap_or(DEFAULT_EVENT_HANDLER_TIMEOUT),
             event_size_limit: events::SizeLimit::new(event_size_limit)
                 .map_err(|e| ConfigError::EventSizeLimit(e.to_string()))?,
-            services: services(files)?,
+            services,
+            checks,
+            enable_script_checks: args.enable_script_checks
+                || files
+                    .iter()
+                    .rev()
+                    .find_map(|f| f.enable_script_checks)
+                    .unwrap_or(false),
             log_level: pick(&args.log_level, files, |f| &f.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
         })
@@ -332,12 +365,17 @@ fn concat<T: Clone>(
         .collect()
 }
 
-/// The services of every file, each checked, their ids unique across the files.
-fn services(files: &[ConfigFile]) -> Result<Vec<ServiceDefinition>, ConfigError> {
+/// The services and checks of every file, each checked, their ids unique across the
+/// files, every check of the node or of one of the services.
+fn services_and_checks(
+    files: &[ConfigFile],
+) -> Result<(Vec<ServiceDefinition>, Vec<CheckDefinition>), ConfigError> {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
     let mut services = Vec::new();
+    let mut checks: Vec<(&Path, &CheckDefinition)> = Vec::new();
     for file in files {
-        for (i, service) in file.services.iter().enumerate() {
+        for (i, registration) in file.services.iter().enumerate() {
+            let service = &registration.service;
             service.check().map_err(|reason| ConfigError::Service {
                 file: file.path.clone(),
                 service: if service.service.is_empty() {
@@ -355,9 +393,42 @@ fn services(files: &[ConfigFile]) -> Result<Vec<ServiceDefinition>, ConfigError>
                 });
             }
             services.push(service.clone());
+            checks.extend(registration.checks.iter().map(|c| (file.path.as_path(), c)));
+        }
+        checks.extend(file.checks.iter().map(|c| (file.path.as_path(), c)));
+    }
+    for (what, count, max) in [
+        ("services", services.len(), MAX_SERVICES),
+        ("checks", checks.len(), MAX_CHECKS),
+    ] {
+        if count > max {
+            return Err(ConfigError::TooMany { what, count, max });
         }
     }
-    Ok(services)
+    let mut check_files: HashMap<&str, &Path> = HashMap::new();
+    for (file, check) in &checks {
+        let error = |reason: String| ConfigError::Check {
+            file: file.to_path_buf(),
+            check: check.id.clone(),
+            reason,
+        };
+        check.check().map_err(|e| error(e.to_string()))?;
+        if !check.service_id.is_empty() && !seen.contains_key(check.service_id.as_str()) {
+            return Err(error(format!(
+                "its service_id {:?} is no service of the config files",
+                check.service_id
+            )));
+        }
+        if let Some(first) = check_files.insert(&check.id, file) {
+            return Err(error(format!(
+                "the id is defined twice (in {} and in {}): give the checks distinct ids",
+                first.display(),
+                file.display()
+            )));
+        }
+    }
+    let checks = checks.into_iter().map(|(_, c)| c.clone()).collect();
+    Ok((services, checks))
 }
 
 fn parse_handlers(specs: &[String]) -> Result<Vec<HandlerSpec>, ConfigError> {
@@ -885,6 +956,47 @@ mod tests {
         let distinct = file("/d.toml", "[[services]]\nname = \"web\"\nid = \"web-2\"");
         let config = Config::build(&dev(), &[a, distinct], "h").unwrap();
         assert_eq!(config.services.len(), 2);
+    }
+
+    #[test]
+    fn checks_of_all_files_add_up_and_name_existing_services() {
+        let a = file(
+            "/a.toml",
+            "[[services]]\nname = \"web\"\ncheck = { ttl = \"10s\" }\n[[checks]]\nname = \"disk\"\nttl = \"1m\"",
+        );
+        let b = file(
+            "/b.toml",
+            "enable_script_checks = true\n[[checks]]\nname = \"web-http\"\nservice_id = \"web\"\nhttp = \"http://127.0.0.1/\"\ninterval = \"5s\"",
+        );
+        let config = Config::build(&dev(), &[a.clone(), b], "h").unwrap();
+        let ids: Vec<&str> = config.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["service:web", "disk", "web-http"]);
+        assert!(config.enable_script_checks);
+        assert!(
+            !Config::build(&dev(), std::slice::from_ref(&a), "h")
+                .unwrap()
+                .enable_script_checks
+        );
+        let mut flag = dev();
+        flag.enable_script_checks = true;
+        assert!(
+            Config::build(&flag, std::slice::from_ref(&a), "h")
+                .unwrap()
+                .enable_script_checks
+        );
+
+        let orphan = file(
+            "/o.toml",
+            "[[checks]]\nname = \"x\"\nservice_id = \"db\"\nttl = \"1s\"",
+        );
+        let e = Config::build(&dev(), &[orphan], "h").unwrap_err();
+        assert!(
+            e.to_string().contains("no service of the config files"),
+            "{e}"
+        );
+        let twice = file("/t.toml", "[[checks]]\nname = \"disk\"\nttl = \"1s\"");
+        let e = Config::build(&dev(), &[a, twice], "h").unwrap_err();
+        assert!(e.to_string().contains("defined twice"), "{e}");
     }
 
     #[test]

@@ -47,8 +47,6 @@
 //! killed at once (with its process group), so the agent stops promptly.
 
 use std::fmt;
-use std::pin::pin;
-use std::process::{ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,24 +56,18 @@ use events::{
     Subscription, UserEvent,
 };
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{ChildStdin, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::process::{self, End, Finished};
+
 /// Events waiting for one handler before newer ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// Bytes of a run's stdout, and of its stderr, kept for the log.
-pub const OUTPUT_LIMIT: usize = 4096;
-
-/// How long output is still read after a handler exited (or was killed).
-pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
-
-/// How long to wait for a killed handler to be reaped.
-const REAP_BOUND: Duration = Duration::from_secs(5);
+pub use crate::process::{OUTPUT_GRACE, OUTPUT_LIMIT};
 
 /// The environment variables handlers get; removed from the inherited environment first,
 /// so a run never sees another event's values.
@@ -562,26 +554,12 @@ struct Runner {
     node: String,
 }
 
-/// How a run ended.
-enum End {
-    Exited(std::io::Result<ExitStatus>),
-    TimedOut,
-    Shutdown,
-}
-
 impl Runner {
     /// Runs `command` for `delivery`; logs whatever goes wrong.
     async fn run(&self, command: &str, delivery: &Delivery, shutdown: &CancellationToken) {
         let event = delivery.describe();
         let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills what it started too.
-            .process_group(0)
-            .kill_on_drop(true);
+        cmd.arg("-c").arg(command);
         for name in ENV_VARS {
             cmd.env_remove(name);
         }
@@ -590,55 +568,16 @@ impl Runner {
         for (name, value) in delivery.env() {
             cmd.env(name, value);
         }
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
+        let Finished {
+            end,
+            stdout,
+            stderr,
+        } = match process::run(cmd, delivery.stdin(), self.timeout, shutdown).await {
+            Ok(finished) => finished,
             Err(e) => {
                 tracing::warn!(command, event, "could not start an event handler: {e}");
                 return;
             }
-        };
-        let pid = child.id();
-
-        let mut stdout = Captured::default();
-        let mut stderr = Captured::default();
-        let end = {
-            let stdin = child.stdin.take();
-            let out = child.stdout.take();
-            let err = child.stderr.take();
-            let mut io = pin!(async {
-                tokio::join!(
-                    feed(stdin, delivery.stdin()),
-                    capture(out, &mut stdout),
-                    capture(err, &mut stderr),
-                )
-            });
-            let mut io_done = false;
-            let deadline = Instant::now() + self.timeout;
-            let end = loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break End::Shutdown,
-                    () = tokio::time::sleep_until(deadline) => break End::TimedOut,
-                    status = child.wait() => break End::Exited(status),
-                    _ = &mut io, if !io_done => io_done = true,
-                }
-            };
-            if !matches!(end, End::Exited(_)) {
-                // `wait` has not returned, so the child is not reaped and its id, which
-                // is its group's, cannot have been reused.
-                kill_group(pid);
-                match tokio::time::timeout(REAP_BOUND, child.wait()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(command, "reaping a killed event handler: {e}"),
-                    Err(_) => tracing::warn!(command, "a killed event handler did not exit"),
-                }
-            }
-            if !io_done {
-                // Background processes may hold the pipes open; what they write later
-                // is not read.
-                let _ = tokio::time::timeout(OUTPUT_GRACE, &mut io).await;
-            }
-            end
         };
 
         let (stdout, stderr) = (stdout.text(), stderr.text());
@@ -665,73 +604,6 @@ impl Runner {
                 event,
                 "event handler killed: the agent is shutting down"
             ),
-        }
-    }
-}
-
-/// Writes `input` to the handler's stdin and closes it. A handler that exits without
-/// reading it is no error.
-async fn feed(stdin: Option<ChildStdin>, input: Vec<u8>) {
-    let Some(mut stdin) = stdin else { return };
-    if input.is_empty() {
-        return;
-    }
-    match stdin.write_all(&input).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            tracing::debug!("an event handler did not read all of its stdin");
-        }
-        Err(e) => tracing::warn!("writing to an event handler's stdin: {e}"),
-    }
-}
-
-/// The first [`OUTPUT_LIMIT`] bytes of an output, and how long it was.
-#[derive(Debug, Default)]
-struct Captured {
-    head: Vec<u8>,
-    total: usize,
-}
-
-impl Captured {
-    fn push(&mut self, bytes: &[u8]) {
-        let room = OUTPUT_LIMIT - self.head.len();
-        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        self.total += bytes.len();
-    }
-
-    fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.head);
-        let text = text.trim_end();
-        match self.total - self.head.len() {
-            0 => text.to_string(),
-            more => format!("{text}... ({more} more bytes)"),
-        }
-    }
-}
-
-/// Reads `reader` to its end, keeping the head in `into`.
-async fn capture(reader: Option<impl AsyncRead + Unpin>, into: &mut Captured) {
-    let Some(mut reader) = reader else { return };
-    let mut buf = vec![0; 8192];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => into.push(&buf[..n]),
-        }
-    }
-}
-
-/// Sends SIGKILL to the process group `pid` leads.
-fn kill_group(pid: Option<u32>) {
-    let Some(pgid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
-        return;
-    };
-    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
-    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            tracing::warn!("killing the process group {pgid} of an event handler: {e}");
         }
     }
 }
@@ -924,7 +796,7 @@ mod tests {
     async fn a_user_handler_gets_the_payload_and_the_environment() {
         let h = Harness::start(
             &[
-                "user=cat > '{dir}/payload'; env | grep '^AGENT_' | sort > '{dir}/env'; echo ok > '{dir}/done'",
+                "user=cat > '{dir}/payload'; env | grep -E '^AGENT_(EVENT|EVENT_ID|NODE|USER_EVENT|USER_LTIME)=' | sort > '{dir}/env'; echo ok > '{dir}/done'",
             ],
             PATIENCE,
         );

@@ -4,17 +4,18 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the log subscriber: `RUST_LOG` if set, else `default_filter`. Raft's own
-/// chatter stays at `warn` unless the filter names `openraft` or asks for more detail.
+/// Installs the log subscriber: `RUST_LOG` if set, else `default_filter`. The chatter of
+/// Raft and of the DNS server stays at `warn` unless the filter names them or asks for
+/// more detail.
 pub fn init(default_filter: &str) {
-    let quiet_raft = !default_filter.contains("openraft")
-        && !default_filter.contains("debug")
-        && !default_filter.contains("trace");
-    let default_filter = if quiet_raft {
-        format!("{default_filter},openraft=warn")
-    } else {
-        default_filter.to_string()
-    };
+    let detailed = default_filter.contains("debug") || default_filter.contains("trace");
+    let mut filter_text = default_filter.to_string();
+    for noisy in ["openraft", "hickory_server", "hickory_net", "hickory_proto"] {
+        if !detailed && !default_filter.contains(noisy) {
+            filter_text.push_str(&format!(",{noisy}=warn"));
+        }
+    }
+    let default_filter = filter_text;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&default_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));

@@ -1,7 +1,6 @@
 //! The node's stable identity on disk: `<data-dir>/node-id`, a UUID made once.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -18,19 +17,7 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<Uuid> {
             .with_context(|| format!("{} does not hold a UUID", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = Uuid::new_v4();
-            let tmp = dir.join(format!("{FILE}.tmp"));
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            file.write_all(id.to_string().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-            if let Ok(dir) = fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
+            crate::data_file::write_atomic(&path, id.to_string().as_bytes())?;
             Ok(id)
         }
         Err(e) => bail!("reading {}: {e}", path.display()),

@@ -68,12 +68,61 @@ impl consensus::RaftTransport for QuicRaftTransport {
     }
 }
 
-/// Publishes every KV write of `changes` (a server's [`consensus::KvReader::changes`])
-/// on the bus as [`events::Event::Kv`], until `shutdown` fires or the server closes.
+/// Publishes the KV changes this server applies on the bus, until `shutdown`.
 pub async fn publish_kv_changes(
-    mut changes: tokio::sync::broadcast::Receiver<consensus::KvChange>,
+    changes: tokio::sync::broadcast::Receiver<consensus::KvChange>,
     bus: events::Bus,
     shutdown: tokio_util::sync::CancellationToken,
+) {
+    publish_changes("KV", changes, bus, shutdown, |change| {
+        Some(events::Event::Kv {
+            key: change.key,
+            modify_index: change.modify_index,
+            deleted: change.kind != consensus::KvChangeKind::Set,
+            recurse: change.kind == consensus::KvChangeKind::DeleteTree,
+        })
+    })
+    .await
+}
+
+/// Publishes the check status changes this server applies to the catalog on the bus,
+/// until `shutdown`; those of `local_node`, whose local state already publishes them
+/// first-hand, only for `serfHealth`.
+pub async fn publish_health_changes(
+    changes: tokio::sync::broadcast::Receiver<consensus::CatalogChange>,
+    local_node: String,
+    bus: events::Bus,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    publish_changes("health", changes, bus, shutdown, |change| match change {
+        consensus::CatalogChange::CheckStatus {
+            node,
+            check_id,
+            status,
+            ..
+        } if node != local_node || check_id == consensus::SERF_HEALTH_CHECK_ID => {
+            Some(events::Event::Health {
+                node,
+                check: check_id,
+                status: match status {
+                    consensus::CheckStatus::Passing => events::HealthStatus::Passing,
+                    consensus::CheckStatus::Warning => events::HealthStatus::Warning,
+                    consensus::CheckStatus::Critical => events::HealthStatus::Critical,
+                },
+            })
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Publishes `changes`, turned into events by `event`, on the bus until `shutdown`.
+async fn publish_changes<T: Clone>(
+    what: &'static str,
+    mut changes: tokio::sync::broadcast::Receiver<T>,
+    bus: events::Bus,
+    shutdown: tokio_util::sync::CancellationToken,
+    event: impl Fn(T) -> Option<events::Event>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
 
@@ -84,15 +133,12 @@ pub async fn publish_kv_changes(
         };
         match change {
             Ok(change) => {
-                bus.publish(events::Event::Kv {
-                    key: change.key,
-                    modify_index: change.modify_index,
-                    deleted: change.kind != consensus::KvChangeKind::Set,
-                    recurse: change.kind == consensus::KvChangeKind::DeleteTree,
-                });
+                if let Some(event) = event(change) {
+                    bus.publish(event);
+                }
             }
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "KV changes not published: the bus fell behind");
+                tracing::warn!(missed, "{what} changes not published: the bus fell behind");
             }
             Err(RecvError::Closed) => return,
         }

@@ -1,9 +1,10 @@
 //! `agent run`: build the components from a [`Config`] and run them until shutdown.
 //!
 //! Order of start: data dir → node id → mTLS material → LAN QUIC endpoint (with the RPC
-//! router) → LAN gossip → Raft server (servers) → HTTP API. Every task is tracked and
-//! ends when the shutdown token fires; then the HTTP API drains, gossip saves the member
-//! list, Raft stops and the endpoint closes.
+//! router) → event handlers → local services and checks → LAN gossip → Raft server
+//! (servers) → HTTP API → DNS (answered from the HTTP API) → anti-entropy. Every task is
+//! tracked and ends when the shutdown token fires; then the HTTP API drains, gossip saves
+//! the member list, Raft stops and the endpoint closes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DataDir, TlsSource};
+use crate::dns::{DnsServer, HttpCatalog};
 use crate::gossip::members_file::MembersFile;
 use crate::gossip::{Gossip, GossipConfig, standard_tags};
 use crate::handlers::EventHandlers;
 use crate::http::{self, ApiState, SelfInfo};
+use crate::local::{LocalConfig, LocalState};
 use crate::node_id;
 use crate::servers::{self, ServerDuties};
 
@@ -30,6 +33,9 @@ use crate::tls::{self, Role, TlsMaterial};
 use crate::transport::{Transport, TransportConfig};
 use events::Bus;
 use membership::{MembershipConfig, NodeIdentity};
+
+/// The domain the DNS interface answers for (Consul's).
+const DNS_DOMAIN: &str = "consul.";
 
 /// Runs the agent described by `config` until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -46,6 +52,7 @@ pub struct Agent {
     transport: Transport,
     raft: Option<Raft>,
     http_addr: SocketAddr,
+    dns_addr: SocketAddr,
     lan_addr: SocketAddr,
     // Removed when the agent is dropped (a `--dev` agent without `--data-dir`).
     _temporary: Option<tempfile::TempDir>,
@@ -84,6 +91,20 @@ impl Agent {
             config.node.clone(),
         )
         .spawn(&bus, &tracker, shutdown.clone());
+        let local = LocalState::start(
+            LocalConfig {
+                node: config.node.clone(),
+                dc: config.dc.clone(),
+                data_dir: data_dir.clone(),
+                services: config.services.clone(),
+                checks: config.checks.clone(),
+                enable_script_checks: config.enable_script_checks,
+            },
+            bus.clone(),
+            &tracker,
+            shutdown.clone(),
+        )
+        .context("starting the local services and checks")?;
         let gossip = start_gossip(
             &config,
             &data_dir,
@@ -92,6 +113,7 @@ impl Agent {
             transport.clone(),
             datagrams,
             bus.clone(),
+            local.service_tags(),
             &tracker,
             shutdown.clone(),
         )?;
@@ -112,6 +134,12 @@ impl Agent {
             router.set_raft(raft.clone());
             tracker.spawn(crate::raft::publish_kv_changes(
                 raft.kv().changes(),
+                bus.clone(),
+                shutdown.clone(),
+            ));
+            tracker.spawn(crate::raft::publish_health_changes(
+                raft.catalog().changes(),
+                config.node.clone(),
                 bus.clone(),
                 shutdown.clone(),
             ));
@@ -161,10 +189,30 @@ impl Agent {
             gossip.clone(),
             bus.clone(),
             transport.clone(),
+            local.clone(),
             shutdown.clone(),
         );
         let router_http = http::router(state);
         router.set_http(router_http.clone());
+        let dns_addr = DnsServer::spawn(
+            config.dns,
+            DNS_DOMAIN,
+            &config.dc,
+            Arc::new(HttpCatalog::new(router_http.clone(), config.dc.clone())),
+            &tracker,
+            shutdown.clone(),
+        )
+        .with_context(|| format!("starting DNS on {}", config.dns))?;
+        tracker.spawn(crate::anti_entropy::run(
+            crate::anti_entropy::NodeFacts {
+                node: config.node.clone(),
+                id: node_id.to_string(),
+                address: advertise.ip().to_string(),
+            },
+            local,
+            router_http.clone(),
+            shutdown.clone(),
+        ));
         let http_shutdown = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = http::serve(listener, router_http, http_shutdown).await {
@@ -180,6 +228,7 @@ impl Agent {
             server = config.server,
             lan = %lan_addr,
             http = %http_addr,
+            dns = %dns_addr,
             data_dir = %data_dir.display(),
             "agent running"
         );
@@ -189,6 +238,7 @@ impl Agent {
             transport,
             raft,
             http_addr,
+            dns_addr,
             lan_addr,
             _temporary: temporary,
         })
@@ -197,6 +247,11 @@ impl Agent {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the DNS interface listens (UDP and TCP).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
     }
 
     /// Where the LAN QUIC endpoint listens.
@@ -231,6 +286,7 @@ fn start_gossip(
     transport: Transport,
     datagrams: crate::transport::DatagramReceiver,
     bus: Bus,
+    services: tokio::sync::watch::Receiver<crate::local::ServiceTags>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Gossip> {
@@ -261,7 +317,7 @@ fn start_gossip(
         seed: uuid::Uuid::new_v4().as_u64_pair().0,
         event_ltime: saved.event_ltime,
         event_size_limit: config.event_size_limit,
-        services: config.services.clone(),
+        services,
     };
     Gossip::spawn(gossip_config, transport, datagrams, bus, tracker, shutdown)
         .context("starting gossip")

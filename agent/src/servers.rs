@@ -120,6 +120,7 @@ pub async fn run(
         raft,
         gossip,
         failed_since: HashMap::new(),
+        leading_since: None,
         index_samples: std::collections::VecDeque::new(),
     };
     let mut tick = tokio::time::interval(TICK);
@@ -203,6 +204,8 @@ struct Autopilot {
     raft: Raft,
     gossip: Gossip,
     failed_since: HashMap<NodeId, Instant>,
+    /// Since when this server leads, as far as autopilot has seen.
+    leading_since: Option<Instant>,
     /// (when, applied index) noted while leading, oldest first.
     index_samples: std::collections::VecDeque<(Instant, u64)>,
 }
@@ -251,9 +254,19 @@ impl Autopilot {
         }
         if !self.raft.is_leader() {
             self.index_samples.clear();
+            self.leading_since = None;
             return;
         }
+        let leading_since = *self.leading_since.get_or_insert(now);
         self.reap_tombstones().await;
+        let members = self.gossip.members();
+        crate::reconcile::step(
+            &self.raft,
+            &members,
+            &self.duties.dc,
+            leading_since.elapsed() >= crate::reconcile::UNKNOWN_NODE_GRACE,
+        )
+        .await;
         let config = self.raft.membership();
         let mut voters: BTreeSet<NodeId> = config.voters.keys().copied().collect();
 

@@ -188,3 +188,44 @@ fn deploy_events_reach_every_host_handler() {
         );
     }
 }
+
+/// A Consul client library from PyPI (py-consul) runs unchanged against an agent.
+#[test]
+fn python_client_example_passes_with_py_consul() {
+    let found = Command::new("python3")
+        .args(["-c", "import consul"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("AGENT_TEST_REQUIRE_PY_CONSUL").is_none(),
+            "py-consul is required (pip install py-consul)"
+        );
+        eprintln!("py-consul not found: skipping (pip install py-consul)");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = support::AgentProcess::dev(
+        std::net::IpAddr::from([127, 0, 0, 166]),
+        &dir.path().join("data"),
+        dir.path(),
+    );
+    runtime.block_on(agent.wait_ready());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python-client/client.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(agent.http.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("py-consul: all steps passed"),
+        "stdout:\n{stdout}\nstderr:\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        agent.log_text()
+    );
+}

@@ -12,45 +12,32 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::tls::Role;
-use support::{AgentProcess, Pki, eventually, free_port, free_udp_port, get_json, put_text};
+use support::{AgentProcess, NodeSpec, Pki, eventually, get_json, put_text};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
 
-/// A server's fixed addresses and start arguments, so it can be restarted as itself.
-struct ServerSpec {
-    http: SocketAddr,
-    lan: SocketAddr,
-    args: Vec<String>,
+/// A server of this test's cluster: snapshots and dead-server cleanup come early, so
+/// the test sees them.
+fn server_spec(pki: &Pki, last: u8, node: &str, join: Option<SocketAddr>, dir: &Path) -> NodeSpec {
+    let mut spec = NodeSpec::server(pki, ip(last), node, join, dir);
+    spec.args.extend(
+        [
+            "--raft-snapshot-threshold",
+            "64",
+            "--raft-trailing-logs",
+            "16",
+            "--dead-server-cleanup",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    spec
 }
 
-fn server_spec(
-    pki: &Pki,
-    last: u8,
-    node: &str,
-    join: Option<SocketAddr>,
-    dir: &Path,
-) -> ServerSpec {
-    let http = SocketAddr::new(ip(last), free_port(ip(last)));
-    let lan = SocketAddr::new(ip(last), free_udp_port(ip(last)));
-    let mut args: Vec<String> = ["--server", "--bootstrap-expect", "3", "--node", node]
-        .map(String::from)
-        .to_vec();
-    args.extend(["--data-dir".into(), dir.join(node).display().to_string()]);
-    args.extend(["--raft-snapshot-threshold".into(), "64".into()]);
-    args.extend(["--raft-trailing-logs".into(), "16".into()]);
-    args.extend(["--dead-server-cleanup".into(), "2s".into()]);
-    args.extend(pki.files(Role::Server, "dc1", node));
-    if let Some(seed) = join {
-        args.extend(["--join".into(), seed.to_string()]);
-    }
-    ServerSpec { http, lan, args }
-}
-
-fn start(spec: &ServerSpec, dir: &Path) -> AgentProcess {
-    AgentProcess::start(&spec.args, spec.http, spec.lan, dir)
+fn start(spec: &NodeSpec, dir: &Path) -> AgentProcess {
+    spec.start(dir)
 }
 
 async fn leader_of(client: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
@@ -93,7 +80,7 @@ async fn three_servers_form_one_cluster_survive_the_leader_and_grow() {
         server_spec(&pki, 142, "s2", Some(first.lan), dir.path()),
         server_spec(&pki, 143, "s3", Some(first.lan), dir.path()),
     ];
-    let specs: Vec<ServerSpec> = std::iter::once(first).chain(specs).collect();
+    let specs: Vec<NodeSpec> = std::iter::once(first).chain(specs).collect();
     let mut servers: Vec<Option<AgentProcess>> =
         specs.iter().map(|s| Some(start(s, dir.path()))).collect();
     for server in servers.iter_mut().flatten() {

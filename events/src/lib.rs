@@ -88,6 +88,34 @@ pub enum HealthStatus {
     Critical,
 }
 
+impl HealthStatus {
+    /// Consul's name: `passing`, `warning` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+        }
+    }
+
+    /// The status of Consul's name (`passing`, `warning`, `critical`, in any case).
+    pub fn parse(text: &str) -> Option<HealthStatus> {
+        [
+            HealthStatus::Passing,
+            HealthStatus::Warning,
+            HealthStatus::Critical,
+        ]
+        .into_iter()
+        .find(|status| status.as_str().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

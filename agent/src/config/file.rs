@@ -20,24 +20,32 @@
 //! tags = ["v2", "primary"]
 //! port = 8080
 //! meta = { version = "2.1" }
+//! check = { http = "http://127.0.0.1:8080/health", interval = "10s" }
+//!
+//! [[checks]]
+//! name = "disk"
+//! args = ["/usr/local/bin/check-disk", "/var"]
+//! interval = "30s"
 //! ```
 //!
-//! Service keys are also accepted in any case (`Name`, `ID`, `Tags`, as Consul's JSON
-//! has them). [`ConfigFile::parse`] is pure; [`ConfigFile::read`] is the step that touches
+//! Services may carry a `check` or `checks`; top-level `checks` are the node's, or a
+//! service's with `service_id`. Service and check keys are also accepted in any case
+//! (`Name`, `ID`, `Tags`, `ServiceID`, as Consul's JSON has them); see
+//! [`crate::local::parse`]. [`ConfigFile::parse`] is pure; [`ConfigFile::read`] is the step that touches
 //! the file system. [`super::Config::build`] merges the files with the flags.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer};
 use thiserror::Error;
 
+#[cfg(test)]
 use crate::local::ServiceDefinition;
+use crate::local::{CheckDefinition, Consul, ServiceRegistration};
 
 /// Largest config file read, in bytes (1 MiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 20;
@@ -156,9 +164,15 @@ pub struct ConfigFile {
     pub event_handler_timeout: Option<Duration>,
     /// `event_size_limit`
     pub event_size_limit: Option<usize>,
-    /// `services`, not yet checked ([`ServiceDefinition::check`]).
+    /// `services` with their checks, not yet checked
+    /// ([`crate::local::ServiceDefinition::check`]).
     #[serde(default, deserialize_with = "services")]
-    pub services: Vec<ServiceDefinition>,
+    pub services: Vec<ServiceRegistration>,
+    /// `checks` of the node or of a service of the config (`service_id`).
+    #[serde(default, deserialize_with = "checks")]
+    pub checks: Vec<CheckDefinition>,
+    /// `enable_script_checks`: whether the HTTP API may register script checks.
+    pub enable_script_checks: Option<bool>,
 }
 
 impl ConfigFile {
@@ -258,109 +272,22 @@ fn gossip_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Socket
 
 fn services<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<Vec<ServiceDefinition>, D::Error> {
-    Ok(Vec::<FileService>::deserialize(deserializer)?
-        .into_iter()
-        .map(|service| service.0)
-        .collect())
+) -> Result<Vec<ServiceRegistration>, D::Error> {
+    Ok(
+        Vec::<Consul<ServiceRegistration, true>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|service| service.0)
+            .collect(),
+    )
 }
 
-/// A service as a config file defines it: `name` required, `id` defaulting to it, the
-/// rest optional; keys in any case.
-struct FileService(ServiceDefinition);
-
-/// The keys of a service, matched without regard to case.
-enum ServiceKey {
-    Name,
-    Id,
-    Tags,
-    Address,
-    Port,
-    Meta,
-}
-
-const SERVICE_KEYS: &[&str] = &["name", "id", "tags", "address", "port", "meta"];
-
-impl<'de> Deserialize<'de> for ServiceKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = ServiceKey;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a service key")
-            }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<ServiceKey, E> {
-                Ok(match key.to_ascii_lowercase().as_str() {
-                    "name" => ServiceKey::Name,
-                    "id" => ServiceKey::Id,
-                    "tags" => ServiceKey::Tags,
-                    "address" => ServiceKey::Address,
-                    "port" => ServiceKey::Port,
-                    "meta" => ServiceKey::Meta,
-                    _ => return Err(E::unknown_field(key, SERVICE_KEYS)),
-                })
-            }
-        }
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for FileService {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ServiceVisitor;
-        impl<'de> Visitor<'de> for ServiceVisitor {
-            type Value = FileService;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a service (a table with a name)")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileService, A::Error> {
-                fn once<T, E: de::Error>(
-                    slot: &mut Option<T>,
-                    key: &'static str,
-                    value: T,
-                ) -> Result<(), E> {
-                    if slot.replace(value).is_some() {
-                        return Err(E::duplicate_field(key));
-                    }
-                    Ok(())
-                }
-                let mut name = None;
-                let mut id = None;
-                let mut tags = None;
-                let mut address = None;
-                let mut port = None;
-                let mut meta = None;
-                while let Some(key) = map.next_key::<ServiceKey>()? {
-                    match key {
-                        ServiceKey::Name => once(&mut name, "name", map.next_value::<String>()?)?,
-                        ServiceKey::Id => once(&mut id, "id", map.next_value::<String>()?)?,
-                        ServiceKey::Tags => {
-                            once(&mut tags, "tags", map.next_value::<Vec<String>>()?)?
-                        }
-                        ServiceKey::Address => {
-                            once(&mut address, "address", map.next_value::<String>()?)?
-                        }
-                        ServiceKey::Port => once(&mut port, "port", map.next_value::<u16>()?)?,
-                        ServiceKey::Meta => once(
-                            &mut meta,
-                            "meta",
-                            map.next_value::<BTreeMap<String, String>>()?,
-                        )?,
-                    }
-                }
-                let name: String = name.ok_or_else(|| de::Error::missing_field("name"))?;
-                Ok(FileService(ServiceDefinition {
-                    id: id.unwrap_or_else(|| name.clone()),
-                    service: name,
-                    tags: tags.unwrap_or_default(),
-                    address: address.unwrap_or_default(),
-                    port: port.unwrap_or(0),
-                    meta: meta.unwrap_or_default(),
-                }))
-            }
-        }
-        deserializer.deserialize_map(ServiceVisitor)
-    }
+fn checks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<CheckDefinition>, D::Error> {
+    Ok(
+        Vec::<Consul<CheckDefinition, true>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|check| check.0)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -456,8 +383,12 @@ mod tests {
         assert_eq!(file.event_handler_timeout, Some(Duration::from_secs(120)));
         assert_eq!(file.event_size_limit, Some(900));
         assert_eq!(file.log_level.as_deref(), Some("debug"));
+        assert!(file.services.iter().all(|s| s.checks.is_empty()));
         assert_eq!(
-            file.services,
+            file.services
+                .iter()
+                .map(|s| s.service.clone())
+                .collect::<Vec<_>>(),
             vec![
                 ServiceDefinition {
                     id: "web".into(),
@@ -475,6 +406,80 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn checks_come_with_services_and_alone() {
+        let file = toml(
+            r#"
+            enable_script_checks = true
+
+            [[services]]
+            name = "web"
+            check = { http = "http://127.0.0.1:8080/health", interval = "10s" }
+
+            [[services]]
+            name = "db"
+            [[services.checks]]
+            tcp = "127.0.0.1:5432"
+            interval = "5s"
+            timeout = "1s"
+            [[services.checks]]
+            Name = "db ttl"
+            TTL = "30s"
+
+            [[checks]]
+            name = "disk"
+            args = ["/usr/local/bin/check-disk", "/var"]
+            interval = "30s"
+            notes = "free space"
+
+            [[checks]]
+            name = "web-ttl"
+            service_id = "web"
+            ttl = "1m"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(file.enable_script_checks, Some(true));
+        let web = &file.services[0];
+        assert_eq!(web.checks.len(), 1);
+        assert_eq!(web.checks[0].id, "service:web");
+        assert_eq!(web.checks[0].kind.name(), "http");
+        let db: Vec<(&str, &str)> = file.services[1]
+            .checks
+            .iter()
+            .map(|c| (c.id.as_str(), c.kind.name()))
+            .collect();
+        assert_eq!(db, [("service:db:1", "tcp"), ("service:db:2", "ttl")]);
+        let checks: Vec<(&str, &str, &str)> = file
+            .checks
+            .iter()
+            .map(|c| (c.id.as_str(), c.service_id.as_str(), c.kind.name()))
+            .collect();
+        assert_eq!(checks, [("disk", "", "script"), ("web-ttl", "web", "ttl")]);
+
+        // The same in JSON, with Consul's keys.
+        let file = json(
+            r#"{"services": [{"Name": "web", "Check": {"HTTP": "http://127.0.0.1:8080/health", "Interval": "10s"}}],
+                "checks": [{"Name": "disk", "Args": ["/bin/df"], "Interval": "30s", "ServiceID": ""}]}"#,
+        )
+        .unwrap();
+        assert_eq!(file.services[0].checks[0].id, "service:web");
+        assert_eq!(file.checks[0].id, "disk");
+
+        for bad in [
+            "[[checks]]\nname = \"x\"",
+            "[[checks]]\nname = \"x\"\nttl = \"1s\"\ntypo = 1",
+            "[[checks]]\nttl = \"1s\"",
+            "[[services]]\nname = \"web\"\ncheck = { tcp = \"h:1\" }",
+        ] {
+            let e = message(toml(bad));
+            assert!(
+                e.starts_with("config file /etc/agent/a.toml: "),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! so a crash leaves either the old or the new file.
 
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -53,8 +52,6 @@ impl MembersFile {
 
     /// Writes the file atomically and durably.
     pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let path = Self::path(data_dir);
-        let tmp = data_dir.join(format!("{FILE}.tmp"));
         let mut peers = self.peers.clone();
         peers.truncate(MAX_PEERS);
         let body = serde_json::to_vec_pretty(&MembersFile {
@@ -62,15 +59,7 @@ impl MembersFile {
             peers,
             event_ltime: self.event_ltime,
         })?;
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        if let Ok(dir) = fs::File::open(data_dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        crate::data_file::write_atomic(&Self::path(data_dir), &body)
     }
 }
 

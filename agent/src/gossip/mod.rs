@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
 
-use crate::local::ServiceDefinition;
+use crate::local::ServiceTags;
 use crate::transport::{Datagram, DatagramReceiver, Transport};
 use members_file::MembersFile;
 use user_events::EventLog;
@@ -106,8 +106,9 @@ pub struct GossipConfig {
     pub event_ltime: u64,
     /// Limit on the name plus payload of the user events fired here.
     pub event_size_limit: SizeLimit,
-    /// This agent's services, for the service and tag filters of user events.
-    pub services: Vec<ServiceDefinition>,
+    /// The names and tags of this agent's services as they are now, for the service and
+    /// tag filters of user events ([`crate::local::LocalState::service_tags`]).
+    pub services: watch::Receiver<ServiceTags>,
 }
 
 /// A user event to fire: what the operator chose. The agent adds the ID, the Lamport
@@ -315,7 +316,7 @@ struct Driver {
     /// The user event clock.
     clock: LamportClock,
     event_size_limit: SizeLimit,
-    services: Vec<ServiceDefinition>,
+    services: watch::Receiver<ServiceTags>,
     events: Arc<EventLog>,
     /// An event was handled since the clock was last saved.
     events_dirty: bool,
@@ -415,11 +416,16 @@ impl Driver {
     /// Keeps a user event that passed this agent's filters and publishes it.
     fn accept(&mut self, event: UserEvent) {
         self.events_dirty = true;
-        let services = self
-            .services
-            .iter()
-            .map(|s| (s.service.as_str(), s.tags.as_slice()));
-        match event.filter.matches(&self.membership.me().name, services) {
+        let matched = {
+            let services = self.services.borrow();
+            event.filter.matches(
+                &self.membership.me().name,
+                services
+                    .iter()
+                    .map(|(name, tags)| (name.as_str(), tags.as_slice())),
+            )
+        };
+        match matched {
             Ok(true) => {
                 tracing::info!(
                     name = %event.name,

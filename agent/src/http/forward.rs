@@ -10,10 +10,12 @@
 //!
 //! Like Consul's RPC layer, forwarding rides out short outages within
 //! [`HOLD_TIMEOUT`]: while no leader is known it waits for one to be elected; a server
-//! that cannot be dialed is skipped for another (nothing was sent, so any request may
-//! go again); a read that gets no answer in time is asked again of another server. A
-//! write that may have reached a server is never sent twice: its outcome is unknown, and
-//! the caller is told so. A server that failed a call is avoided by client agents for
+//! that cannot be dialed, or gives no answer in time, is skipped for another. Reads may
+//! simply be asked again. A forwarded write carries a random id in
+//! [`REQUEST_ID_HEADER`], the same on every attempt, and the server that finally
+//! proposes it proposes it once-only ([`consensus::Request::Once`]): a write that
+//! reached a server that then died is applied once even if it is sent again, so it
+//! too is retried. A server that failed a call is avoided by client agents for
 //! [`SERVER_PENALTY`].
 
 use std::collections::HashSet;
@@ -37,6 +39,9 @@ use crate::transport::TransportError;
 /// Header carrying how many times a request was forwarded.
 pub const FORWARDED_HEADER: &str = "x-agent-forwarded";
 
+/// Header carrying the id of a forwarded write, the same on every attempt.
+pub const REQUEST_ID_HEADER: &str = "x-agent-request-id";
+
 /// A request is forwarded at most this many times (client → server → leader).
 pub const MAX_HOPS: u8 = 2;
 
@@ -50,8 +55,9 @@ const FORWARD_GRACE: Duration = Duration::from_secs(10);
 /// servers, before it fails (Consul's `rpc_hold_timeout`).
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// One attempt of a read that is not a blocking query, before another server is asked.
-const READ_ATTEMPT: Duration = Duration::from_secs(3);
+/// One attempt of a request that is not a blocking query, before another server is
+/// asked.
+const ATTEMPT: Duration = Duration::from_secs(3);
 
 /// How long a client agent avoids a server that failed a call.
 pub const SERVER_PENALTY: Duration = Duration::from_secs(30);
@@ -61,7 +67,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_millis(800);
 
 /// Headers of a request worth carrying (the rest are connection details).
-const CARRIED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token"];
+const CARRIED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", REQUEST_ID_HEADER];
 
 /// An HTTP request on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,7 +136,7 @@ async fn dispatch(state: &ApiState, target: Target, request: Request, next: Next
     let stale = Params::parse(request.uri().query()).flag("stale");
     let first = route_for(state, target, is_read && stale, hops, &HashSet::new());
     match first {
-        Route::Local => next.run(request).await,
+        Route::Local => run_here(request, next).await,
         first => match forward_held(state, target, request, next, first, hops).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
@@ -172,6 +178,14 @@ async fn forward_held(
     } else {
         Duration::ZERO
     };
+    let mut request = request;
+    if !is_read && !request.headers().contains_key(REQUEST_ID_HEADER) {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+    }
+    let once = request.headers().contains_key(REQUEST_ID_HEADER);
     let (wire, rebuild) = to_wire(request, hops + 1).await?;
     let bytes = postcard::to_allocvec(&wire)
         .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
@@ -183,7 +197,7 @@ async fn forward_held(
         let last_chance = held >= HOLD_TIMEOUT;
         match route {
             // This server became the leader while the request waited.
-            Route::Local => return Ok(next.run(rebuild()?).await),
+            Route::Local => return Ok(run_here(rebuild()?, next).await),
             Route::Refuse(error) => return Err(error),
             Route::Wait(error) if last_chance => return Err(error),
             Route::Wait(_) => {
@@ -191,10 +205,11 @@ async fn forward_held(
                 pause = (pause * 2).min(MAX_PAUSE);
             }
             Route::Forward(addr) => {
-                // A non-blocking read gets a short attempt, so that a server that died
-                // with its connection still open costs seconds, not the idle timeout.
-                let attempt = if is_read && !blocking {
-                    READ_ATTEMPT
+                // A request that may go again gets a short attempt, so that a server
+                // that died with its connection still open costs seconds, not the idle
+                // timeout.
+                let attempt = if (is_read || once) && !blocking {
+                    ATTEMPT
                 } else {
                     wait + FORWARD_GRACE
                 };
@@ -215,7 +230,7 @@ async fn forward_held(
                                 | TransportError::DialTimeout { .. }
                                 | TransportError::Backoff { .. }
                         );
-                        if last_chance || !(unsent || is_read) {
+                        if last_chance || !(unsent || is_read || once) {
                             let outcome = if unsent || is_read {
                                 ""
                             } else {
@@ -232,6 +247,24 @@ async fn forward_held(
             }
         }
         route = route_for(state, target, stale_read, hops, &avoid);
+    }
+}
+
+/// Runs `request` on this agent; a write that carries an id is proposed once-only
+/// (see [`super::propose`]).
+async fn run_here(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v).ok());
+    match id {
+        Some(id) => {
+            super::REQUEST_ID
+                .scope(id.as_u128(), next.run(request))
+                .await
+        }
+        None => next.run(request).await,
     }
 }
 

@@ -4,10 +4,13 @@
 //! stop it at will. Handlers live in one module per area of the API.
 
 mod agent;
+pub mod catalog;
 mod error;
 mod event;
 pub mod forward;
+mod health;
 mod kv;
+mod local;
 mod operator;
 mod params;
 mod status;
@@ -30,6 +33,7 @@ pub use error::ApiError;
 pub use params::{Consistency, Params, parse_go_duration};
 
 use crate::gossip::Gossip;
+use crate::local::LocalState;
 use crate::raft::Raft;
 use crate::transport::Transport;
 
@@ -60,6 +64,7 @@ struct ApiInner {
     gossip: Gossip,
     bus: events::Bus,
     transport: Transport,
+    local: LocalState,
     shutdown: CancellationToken,
     /// Servers that failed a forwarded call, until when they are avoided.
     penalized:
@@ -68,13 +73,16 @@ struct ApiInner {
 
 impl ApiState {
     /// The state of an agent; `raft` is `Some` on servers; `bus` is what
-    /// `/v1/event/stream` follows. `shutdown` stops the agent (after `/v1/agent/leave`).
+    /// `/v1/event/stream` follows; `local` holds the services and checks of
+    /// `/v1/agent/service*` and `/v1/agent/check*`. `shutdown` stops the agent (after
+    /// `/v1/agent/leave`).
     pub fn new(
         info: SelfInfo,
         raft: Option<Raft>,
         gossip: Gossip,
         bus: events::Bus,
         transport: Transport,
+        local: LocalState,
         shutdown: CancellationToken,
     ) -> ApiState {
         ApiState {
@@ -84,6 +92,7 @@ impl ApiState {
                 gossip,
                 bus,
                 transport,
+                local,
                 shutdown,
                 penalized: Default::default(),
             }),
@@ -179,6 +188,17 @@ pub fn router(state: ApiState) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/txn", put(txn::txn))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/internal/catalog/sync", put(catalog::sync))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/checks/{name}", get(health::checks))
+        .route("/v1/health/state/{state}", get(health::state))
         .route(
             "/v1/operator/raft/configuration",
             get(operator::configuration),
@@ -202,11 +222,29 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(server_bound)
         .merge(any_server)
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/agent/self", get(agent::self_))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/join/{*addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
+        .route("/v1/agent/services", get(local::services))
+        .route("/v1/agent/service/register", put(local::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(local::deregister_service),
+        )
+        .route("/v1/agent/service/{id}", get(local::service))
+        .route("/v1/agent/checks", get(local::checks))
+        .route("/v1/agent/check/register", put(local::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(local::deregister_check),
+        )
+        .route("/v1/agent/check/pass/{id}", put(local::pass))
+        .route("/v1/agent/check/warn/{id}", put(local::warn))
+        .route("/v1/agent/check/fail/{id}", put(local::fail))
+        .route("/v1/agent/check/update/{id}", put(local::update))
         .route("/v1/event/fire/", put(event::fire))
         .route("/v1/event/fire/{*name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
@@ -297,9 +335,32 @@ fn not_leader(raft: &Raft) -> ApiError {
     leader_elsewhere(raft.leader().map(|(_, node)| node))
 }
 
+tokio::task_local! {
+    /// The id of the forwarded write whose handler runs in this task
+    /// (see [`forward::REQUEST_ID_HEADER`]).
+    static REQUEST_ID: u128;
+}
+
+/// Proposes `request`. A write forwarded with an id is proposed once-only, so that the
+/// agent that sent it may send it again after losing the answer.
+async fn propose(raft: &Raft, request: Request) -> Result<consensus::WriteOutcome, ApiError> {
+    let request = match REQUEST_ID.try_with(|id| *id) {
+        Ok(id) => Request::Once {
+            id,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            request: Box::new(request),
+        },
+        Err(_) => request,
+    };
+    raft.write(request).await.map_err(write_error)
+}
+
 /// Proposes a command whose answer is a boolean (KV set, CAS, delete).
 async fn write_bool(raft: &Raft, request: Request) -> Result<bool, ApiError> {
-    let outcome = raft.write(request).await.map_err(write_error)?;
+    let outcome = propose(raft, request).await?;
     match outcome.response {
         RaftResponse::Bool(applied) => Ok(applied),
         RaftResponse::Rejected(reason) => Err(ApiError::internal(format!(

@@ -13,6 +13,8 @@ use super::error::ApiError;
 #[derive(Debug, Default, Clone)]
 pub struct Params {
     pairs: HashMap<String, String>,
+    /// Every pair in order, for parameters that may repeat (`?tag=a&tag=b`).
+    all: Vec<(String, String)>,
 }
 
 /// How a read is served (DESIGN §4).
@@ -30,14 +32,39 @@ impl Params {
     /// Parses a raw query string (`None` when the URL had none).
     pub fn parse(query: Option<&str>) -> Params {
         let mut pairs = HashMap::new();
+        let mut all = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
             let name = decode_component(name);
             let value = decode_component(value);
+            all.push((name.clone(), value.clone()));
             // The first occurrence wins, as Go's url.Values.Get does.
             pairs.entry(name).or_insert(value);
         }
-        Params { pairs }
+        Params { pairs, all }
+    }
+
+    /// Every value of a parameter that may repeat, in order.
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.all
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A boolean parameter as Consul reads `?passing`: absent is false, present without
+    /// a value is true, otherwise Go's `strconv.ParseBool` spellings; anything else is a
+    /// 400.
+    pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(text) => Err(ApiError::bad_request(format!(
+                "Invalid value for ?{name}: {text:?}"
+            ))),
+        }
     }
 
     /// Whether a flag is present (its value does not matter).
@@ -187,6 +214,19 @@ mod tests {
         assert_eq!(p.get("name"), Some("a b"));
         assert_eq!(p.get("x"), Some("%zz"));
         assert_eq!(Params::parse(Some("t=%4")).get("t"), Some("%4"));
+    }
+
+    #[test]
+    fn repeated_and_boolean_parameters() {
+        let p = Params::parse(Some("tag=a&tag=b&passing&x=false&y=maybe"));
+        assert_eq!(p.get_all("tag"), vec!["a", "b"]);
+        assert_eq!(p.get("tag"), Some("a"));
+        assert!(p.get_all("none").is_empty());
+        assert!(p.bool("passing").unwrap());
+        assert!(!p.bool("x").unwrap());
+        assert!(!p.bool("absent").unwrap());
+        assert_eq!(p.bool("y").unwrap_err().status.as_u16(), 400);
+        assert!(Params::parse(Some("passing=1")).bool("passing").unwrap());
     }
 
     #[test]

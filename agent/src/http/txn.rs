@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json as object};
 use super::error::ApiError;
 use super::kv::KvJson;
 use super::params::Params;
-use super::{ApiState, json, prepare_read, read_body, read_error, read_headers, write_error};
+use super::{ApiState, json, prepare_read, read_body, read_error, read_headers};
 
 /// Largest accepted request body (64 values of 512 KiB would not fit one entry anyway;
 /// the transaction's own size limit is checked after parsing).
@@ -44,7 +44,7 @@ pub async fn txn(
         response.headers_mut().extend(read_headers(raft, index));
         return Ok(response);
     }
-    let outcome = raft.write(Request::Txn(ops)).await.map_err(write_error)?;
+    let outcome = super::propose(raft, Request::Txn(ops)).await?;
     match outcome.response {
         RaftResponse::Txn(outcome) => Ok(answer(outcome)),
         RaftResponse::Rejected(reason) => Err(ApiError::internal(format!(

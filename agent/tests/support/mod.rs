@@ -35,6 +35,8 @@ pub struct AgentProcess {
     pub child: Child,
     pub http: SocketAddr,
     pub lan: SocketAddr,
+    /// The DNS interface (UDP and TCP).
+    pub dns: SocketAddr,
     pub log: PathBuf,
 }
 
@@ -60,7 +62,8 @@ impl AgentProcess {
         Self::start(&args, http, lan, log_dir)
     }
 
-    /// Starts `agent run <args>` with `--bind lan --http http` and a DNS port of its own.
+    /// Starts `agent run <args>` with `--bind lan --http http` and a DNS port of its own
+    /// on the same address.
     pub fn start(
         args: &[String],
         http: SocketAddr,
@@ -68,6 +71,7 @@ impl AgentProcess {
         log_dir: &Path,
     ) -> AgentProcess {
         let log = log_dir.join(format!("agent-{}.log", http.port()));
+        let dns = SocketAddr::new(http.ip(), free_udp_port(http.ip()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,7 +85,7 @@ impl AgentProcess {
             .arg("--http")
             .arg(http.to_string())
             .arg("--dns")
-            .arg(format!("{}:0", http.ip()))
+            .arg(dns.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -91,6 +95,7 @@ impl AgentProcess {
             child,
             http,
             lan,
+            dns,
             log,
         }
     }
@@ -204,6 +209,55 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// An agent's fixed addresses and `agent run` arguments, so it can be restarted as
+/// itself. Its data lives in `<dir>/<node>`.
+pub struct NodeSpec {
+    pub http: SocketAddr,
+    pub lan: SocketAddr,
+    pub args: Vec<String>,
+}
+
+impl NodeSpec {
+    /// A server of datacenter `dc1` expecting three servers, on `ip`, joining `join`.
+    pub fn server(pki: &Pki, ip: IpAddr, node: &str, join: Option<SocketAddr>, dir: &Path) -> Self {
+        let mut spec = Self::new(pki, agent::tls::Role::Server, ip, node, join, dir);
+        spec.args
+            .extend(["--server", "--bootstrap-expect", "3"].map(String::from));
+        spec
+    }
+
+    /// A client agent of datacenter `dc1` on `ip`, joining `join`.
+    pub fn client(pki: &Pki, ip: IpAddr, node: &str, join: Option<SocketAddr>, dir: &Path) -> Self {
+        Self::new(pki, agent::tls::Role::Client, ip, node, join, dir)
+    }
+
+    fn new(
+        pki: &Pki,
+        role: agent::tls::Role,
+        ip: IpAddr,
+        node: &str,
+        join: Option<SocketAddr>,
+        dir: &Path,
+    ) -> Self {
+        let mut args = pki.files(role, "dc1", node);
+        args.extend(["--node".into(), node.into(), "--data-dir".into()]);
+        args.push(dir.join(node).display().to_string());
+        if let Some(seed) = join {
+            args.extend(["--join".into(), seed.to_string()]);
+        }
+        NodeSpec {
+            http: SocketAddr::new(ip, free_port(ip)),
+            lan: SocketAddr::new(ip, free_udp_port(ip)),
+            args,
+        }
+    }
+
+    /// Starts the agent, logging into `dir`.
+    pub fn start(&self, dir: &Path) -> AgentProcess {
+        AgentProcess::start(&self.args, self.http, self.lan, dir)
     }
 }
 

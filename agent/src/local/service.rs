@@ -1,7 +1,8 @@
-//! The agent's local state: the services defined on this host.
+//! Services defined on this host and the limits their definitions keep.
 //!
-//! Services come from the `services` of config files. User events use them for their
-//! service and tag filters; the catalog (servers) learns them from each agent.
+//! Services come from the `services` of config files and from the HTTP API. User events
+//! use them for their service and tag filters; the catalog (servers) learns them from
+//! each agent.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,7 @@ pub const MAX_META_KEY_LEN: usize = 128;
 /// Longest meta value, in bytes.
 pub const MAX_META_VALUE_LEN: usize = 512;
 
-/// A service running on this host, as defined in a config file.
+/// A service running on this host, as a config file or the HTTP API defines it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceDefinition {

@@ -292,10 +292,7 @@ impl Lab {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(rest) = name
-                .strip_prefix(prefix)
-                .and_then(|r| r.strip_prefix('-'))
-            else {
+            let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
                 continue;
             };
             let Some((pid, _)) = rest.split_once('-') else {

@@ -102,14 +102,7 @@ pub(crate) fn poll_read<const N: usize>(
     };
     // SAFETY: `pfds` is a valid array of N pollfds; `ts` outlives the call;
     // a null signal mask leaves the mask unchanged.
-    let n = unsafe {
-        libc::ppoll(
-            pfds.as_mut_ptr(),
-            N as libc::nfds_t,
-            &ts,
-            std::ptr::null(),
-        )
-    };
+    let n = unsafe { libc::ppoll(pfds.as_mut_ptr(), N as libc::nfds_t, &ts, std::ptr::null()) };
     if n < 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::Interrupted {

@@ -50,7 +50,7 @@ pub enum Command {
     Watch(WatchArgs),
 }
 
-/// `agent event --name NAME [PAYLOAD] [--node RE] [--service RE] [--tag RE]`
+/// `agent event --name NAME [PAYLOAD] [--node RE] [--service RE] [--tag RE] [--dc DC]`
 #[derive(Debug, Args)]
 pub struct EventArgs {
     /// Where the agent listens.
@@ -72,6 +72,10 @@ pub struct EventArgs {
     /// regular expression handle the event.
     #[arg(long, value_name = "REGEX", requires = "service")]
     pub tag: Option<String>,
+    /// Fire the event in this datacenter (by one of its servers) instead of the local
+    /// agent's.
+    #[arg(long, value_name = "DC")]
+    pub dc: Option<String>,
 }
 
 /// `agent watch --type TYPE [--key K|--prefix P|--name N] [-- HANDLER ARGS...]`
@@ -230,9 +234,13 @@ pub struct RunArgs {
     /// Address other agents use to reach this one [default: the bind address].
     #[arg(long, value_name = "IP:PORT")]
     pub advertise: Option<SocketAddr>,
-    /// WAN QUIC address, servers only [default: 0.0.0.0:8302].
+    /// WAN QUIC address, servers only [default: the bind IP, port 8302].
     #[arg(long, value_name = "IP:PORT")]
     pub wan_bind: Option<SocketAddr>,
+    /// Address servers of other datacenters use to reach this one [default: the WAN bind
+    /// address, or the advertised IP with the WAN port when that is 0.0.0.0].
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise_wan: Option<SocketAddr>,
     /// HTTP API address [default: 127.0.0.1:8500].
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<SocketAddr>,

@@ -292,18 +292,22 @@ impl ApiClient {
         self.json(response).await
     }
 
-    /// `PUT /v1/event/fire/<name>` with `payload` as the body: the event as fired.
+    /// `PUT /v1/event/fire/<name>` with `payload` as the body (fired in datacenter `dc`
+    /// when given): the event as fired.
     pub async fn fire_event(
         &self,
         name: &str,
         payload: Vec<u8>,
         filter: &events::user::EventFilter,
+        dc: Option<&str>,
     ) -> Result<UserEventJson, ClientError> {
         let mut url = format!("{}/v1/event/fire/{}", self.base, encode_component(name));
+        let dc = dc.map(str::to_string);
         let filters = [
             ("node", &filter.node),
             ("service", &filter.service),
             ("tag", &filter.tag),
+            ("dc", &dc),
         ];
         let mut separator = '?';
         for (param, value) in filters {

@@ -70,6 +70,9 @@ pub struct Config {
     pub advertise: SocketAddr,
     /// WAN QUIC bind address (servers).
     pub wan_bind: SocketAddr,
+    /// Address servers of other datacenters use to reach this one (port 0: the port
+    /// bound).
+    pub advertise_wan: SocketAddr,
     /// HTTP API address.
     pub http: SocketAddr,
     /// DNS address.
@@ -200,8 +203,8 @@ pub enum ConfigError {
 pub const DEFAULT_LAN_PORT: u16 = 8301;
 /// Default datacenter.
 pub const DEFAULT_DC: &str = "dc1";
-/// Default WAN QUIC address.
-pub const DEFAULT_WAN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8302);
+/// Default WAN QUIC port (on the bind IP).
+pub const DEFAULT_WAN_PORT: u16 = 8302;
 /// Default HTTP API address.
 pub const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
 /// Default DNS address.
@@ -267,6 +270,26 @@ impl Config {
         if advertise.ip().is_unspecified() {
             return Err(ConfigError::UnspecifiedAdvertise(advertise));
         }
+        // The WAN endpoint binds the LAN's IP by default (port 0 stays 0, for tests).
+        let wan_bind = pick(&args.wan_bind, files, |f| &f.wan_bind).unwrap_or_else(|| {
+            let port = if bind.port() == 0 {
+                0
+            } else {
+                DEFAULT_WAN_PORT
+            };
+            SocketAddr::new(bind.ip(), port)
+        });
+        let advertise_wan =
+            pick(&args.advertise_wan, files, |f| &f.advertise_wan).unwrap_or_else(|| {
+                if wan_bind.ip().is_unspecified() {
+                    SocketAddr::new(advertise.ip(), wan_bind.port())
+                } else {
+                    wan_bind
+                }
+            });
+        if advertise_wan.ip().is_unspecified() {
+            return Err(ConfigError::UnspecifiedAdvertise(advertise_wan));
+        }
 
         // `--server` can only say yes; a file can say either.
         let server =
@@ -290,8 +313,16 @@ impl Config {
             (None, false) => None,
         };
 
-        let join = concat(files, |f| &f.join, parse_join(&args.join)?);
-        let join_wan = concat(files, |f| &f.join_wan, parse_join(&args.join_wan)?);
+        let join = concat(
+            files,
+            |f| &f.join,
+            parse_join(&args.join, DEFAULT_LAN_PORT)?,
+        );
+        let join_wan = concat(
+            files,
+            |f| &f.join_wan,
+            parse_join(&args.join_wan, DEFAULT_WAN_PORT)?,
+        );
         let event_handlers = concat(files, |f| &f.event_handlers, args.event_handler.clone());
         let (services, checks) = services_and_checks(files)?;
         let event_size_limit = pick(&args.event_size_limit, files, |f| &f.event_size_limit)
@@ -306,7 +337,8 @@ impl Config {
             bootstrap_expect,
             bind,
             advertise,
-            wan_bind: pick(&args.wan_bind, files, |f| &f.wan_bind).unwrap_or(DEFAULT_WAN_BIND),
+            wan_bind,
+            advertise_wan,
             http: pick(&args.http, files, |f| &f.http).unwrap_or(DEFAULT_HTTP),
             dns: pick(&args.dns, files, |f| &f.dns).unwrap_or(DEFAULT_DNS),
             join,
@@ -443,21 +475,33 @@ fn parse_handlers(specs: &[String]) -> Result<Vec<HandlerSpec>, ConfigError> {
         .collect()
 }
 
-fn parse_join(addrs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_join(addrs: &[String], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
     addrs
         .iter()
-        .map(|text| parse_gossip_addr(text).ok_or_else(|| ConfigError::JoinAddress(text.clone())))
+        .map(|text| {
+            parse_addr_or_ip(text, default_port)
+                .ok_or_else(|| ConfigError::JoinAddress(text.clone()))
+        })
         .collect()
 }
 
 /// `IP:PORT`, or an IP alone with the default LAN port (`[::1]` for IPv6).
 pub fn parse_gossip_addr(text: &str) -> Option<SocketAddr> {
+    parse_addr_or_ip(text, DEFAULT_LAN_PORT)
+}
+
+/// `IP:PORT`, or an IP alone with the default WAN port (`[::1]` for IPv6).
+pub fn parse_wan_addr(text: &str) -> Option<SocketAddr> {
+    parse_addr_or_ip(text, DEFAULT_WAN_PORT)
+}
+
+fn parse_addr_or_ip(text: &str, default_port: u16) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().or_else(|| {
         text.trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
             .ok()
-            .map(|ip| SocketAddr::new(ip, DEFAULT_LAN_PORT))
+            .map(|ip| SocketAddr::new(ip, default_port))
     })
 }
 
@@ -680,7 +724,9 @@ mod tests {
     fn defaults_apply_to_what_nobody_set() {
         let config = Config::from_args(&dev(), "h").unwrap();
         assert_eq!(config.dc, DEFAULT_DC);
-        assert_eq!(config.wan_bind, DEFAULT_WAN_BIND);
+        // A dev agent binds 127.0.0.1:8301, so its WAN endpoint is 127.0.0.1:8302.
+        assert_eq!(config.wan_bind, "127.0.0.1:8302".parse().unwrap());
+        assert_eq!(config.advertise_wan, config.wan_bind);
         assert_eq!(config.http, DEFAULT_HTTP);
         assert_eq!(config.dns, DEFAULT_DNS);
         assert_eq!(config.dead_server_cleanup, DEFAULT_DEAD_SERVER_CLEANUP);
@@ -708,7 +754,7 @@ mod tests {
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for default in [
             DEFAULT_DC.to_string(),
-            DEFAULT_WAN_BIND.to_string(),
+            format!("the bind IP, port {DEFAULT_WAN_PORT}"),
             DEFAULT_HTTP.to_string(),
             DEFAULT_DNS.to_string(),
             "10m".to_string(),
@@ -883,7 +929,7 @@ mod tests {
         );
         assert_eq!(
             config.join_wan,
-            addrs(&["127.0.1.2:8301", "127.0.1.4:8301"])
+            addrs(&["127.0.1.2:8302", "127.0.1.4:8302"])
         );
         let handlers: Vec<&str> = config.event_handlers.iter().map(|h| h.command()).collect();
         assert_eq!(handlers, ["a", "b", "c"]);

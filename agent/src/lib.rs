@@ -52,6 +52,7 @@ pub mod servers;
 pub mod signals;
 pub mod tls;
 pub mod transport;
+pub mod wan;
 
 /// The host name, the default node name (`localhost` when it cannot be read).
 pub fn host_name() -> String {

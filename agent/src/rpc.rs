@@ -1,14 +1,17 @@
-//! The RPC router: every request that arrives on the LAN endpoint starts with a one-byte
+//! The RPC routers: every request that arrives on an endpoint starts with a one-byte
 //! kind that says which component answers it.
 //!
-//! The router also enforces who may ask what: only a peer whose certificate names it a
-//! server of our datacenter may send Raft RPC (DESIGN §5).
+//! The routers also enforce who may ask what: only a peer whose certificate names it a
+//! server of our datacenter may send Raft RPC (DESIGN §5). The WAN endpoint
+//! ([`WanRpcRouter`]) answers nothing but forwarded HTTP requests from servers of other
+//! datacenters: Raft never crosses it.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::http::forward::Origin;
 use crate::raft::Raft;
 use crate::tls::PeerIdentity;
 use crate::transport::{RpcError, RpcHandler};
@@ -87,7 +90,7 @@ impl RpcRouter {
         let Some(router) = self.http.get() else {
             return Err(RpcError::new("this agent's HTTP API is not running yet"));
         };
-        crate::http::forward::serve(router.clone(), body)
+        crate::http::forward::serve(router.clone(), body, Origin::Lan)
             .await
             .map_err(RpcError::new)
     }
@@ -126,6 +129,62 @@ impl RpcRouter {
             .to_bytes()
             .map_err(|e| RpcError::new(format!("encoding the Raft response: {e}")))?;
         Ok(Bytes::from(bytes))
+    }
+}
+
+/// Dispatches RPC that arrives on a server's WAN endpoint: HTTP requests forwarded by
+/// servers of other datacenters (`?dc=`), for our datacenter.
+pub struct WanRpcRouter {
+    dc: String,
+    http: OnceLock<axum::Router>,
+}
+
+impl WanRpcRouter {
+    /// A router for a server of datacenter `dc`, with no HTTP router yet.
+    pub fn new(dc: String) -> WanRpcRouter {
+        WanRpcRouter {
+            dc,
+            http: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the HTTP API's router, which answers forwarded requests.
+    pub fn set_http(&self, router: axum::Router) {
+        if self.http.set(router).is_err() {
+            tracing::warn!("the HTTP router was attached twice to the WAN; keeping the first");
+        }
+    }
+}
+
+impl RpcHandler for WanRpcRouter {
+    fn handle(
+        self: Arc<Self>,
+        from: PeerIdentity,
+        request: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RpcError>> {
+        Box::pin(async move {
+            let Some((&kind, body)) = request.split_first() else {
+                return Err(RpcError::new("empty request"));
+            };
+            if RpcKind::from_byte(kind) != Some(RpcKind::Http) {
+                return Err(RpcError::new(format!(
+                    "permission denied: the WAN endpoint answers forwarded requests only (kind {kind})"
+                )));
+            }
+            // The handshake admits only server certificates on the WAN; checked again
+            // here, where the permission is given.
+            if from.role != membership::Role::Server {
+                return Err(RpcError::new(format!(
+                    "permission denied: {from} is not a server"
+                )));
+            }
+            let Some(router) = self.http.get() else {
+                return Err(RpcError::new("this agent's HTTP API is not running yet"));
+            };
+            crate::http::forward::serve(router.clone(), body, Origin::Wan(&self.dc))
+                .await
+                .map_err(RpcError::new)
+        })
     }
 }
 

@@ -1,8 +1,9 @@
 //! `agent run`: build the components from a [`Config`] and run them until shutdown.
 //!
 //! Order of start: data dir → node id → mTLS material → LAN QUIC endpoint (with the RPC
-//! router) → event handlers → local services and checks → LAN gossip → Raft server
-//! (servers) → HTTP API → DNS (answered from the HTTP API) → anti-entropy. Every task is
+//! router) → event handlers → local services and checks → LAN gossip → Raft server,
+//! WAN endpoint and WAN gossip (servers) → HTTP API → DNS (answered from the HTTP API) →
+//! anti-entropy. Every task is
 //! tracked and ends when the shutdown token fires; then the HTTP API drains, gossip saves
 //! the member list, Raft stops and the endpoint closes.
 
@@ -31,6 +32,7 @@ use crate::raft::{QuicRaftTransport, Raft};
 use crate::rpc::RpcRouter;
 use crate::tls::{self, Role, TlsMaterial};
 use crate::transport::{Transport, TransportConfig};
+use crate::wan::{self, WanEndpoint};
 use events::Bus;
 use membership::{MembershipConfig, NodeIdentity};
 
@@ -50,6 +52,7 @@ pub struct Agent {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     transport: Transport,
+    wan_transport: Option<Transport>,
     raft: Option<Raft>,
     http_addr: SocketAddr,
     dns_addr: SocketAddr,
@@ -105,11 +108,20 @@ impl Agent {
             shutdown.clone(),
         )
         .context("starting the local services and checks")?;
+        // A server's WAN endpoint is bound first: its address goes into the LAN tags.
+        let wan_endpoint = if config.server {
+            Some(WanEndpoint::bind(&config, &tls, shutdown.child_token())?)
+        } else {
+            None
+        };
+        let generation = next_generation(&data_dir)?;
         let gossip = start_gossip(
             &config,
             &data_dir,
             node_id,
+            generation,
             advertise,
+            wan_endpoint.as_ref().map(|wan| wan.advertise),
             transport.clone(),
             datagrams,
             bus.clone(),
@@ -172,6 +184,28 @@ impl Agent {
         } else {
             None
         };
+        let (wan, wan_router) = match wan_endpoint {
+            Some(endpoint) => {
+                let router = endpoint.router.clone();
+                let wan = endpoint.start_gossip(
+                    &config,
+                    &data_dir,
+                    node_id,
+                    generation,
+                    bus.clone(),
+                    &tracker,
+                    shutdown.clone(),
+                )?;
+                tracker.spawn(wan::flood_joins(
+                    gossip.clone(),
+                    wan.clone(),
+                    config.dc.clone(),
+                    shutdown.clone(),
+                ));
+                (Some(wan), Some(router))
+            }
+            None => (None, None),
+        };
 
         let listener = TcpListener::bind(config.http)
             .await
@@ -187,6 +221,7 @@ impl Agent {
             },
             raft.clone(),
             gossip.clone(),
+            wan.clone(),
             bus.clone(),
             transport.clone(),
             local.clone(),
@@ -194,6 +229,9 @@ impl Agent {
         );
         let router_http = http::router(state);
         router.set_http(router_http.clone());
+        if let Some(wan_router) = &wan_router {
+            wan_router.set_http(router_http.clone());
+        }
         let dns_addr = DnsServer::spawn(
             config.dns,
             DNS_DOMAIN,
@@ -227,6 +265,7 @@ impl Agent {
             node_id = %node_id,
             server = config.server,
             lan = %lan_addr,
+            wan = ?wan.as_ref().map(|wan| wan.transport.local_addr()),
             http = %http_addr,
             dns = %dns_addr,
             data_dir = %data_dir.display(),
@@ -236,6 +275,7 @@ impl Agent {
             shutdown,
             tracker,
             transport,
+            wan_transport: wan.map(|wan| wan.transport),
             raft,
             http_addr,
             dns_addr,
@@ -271,18 +311,35 @@ impl Agent {
             tracing::warn!("stopping Raft: {e}");
         }
         self.transport.shutdown().await;
+        if let Some(wan) = self.wan_transport {
+            wan.shutdown().await;
+        }
         tracing::info!("agent stopped");
     }
 }
 
-/// Starts LAN gossip with a generation one above the last start's (saved before gossip
-/// begins), joining `--join` and the members saved before a restart.
+/// The gossip generation of this start: one above the last start's in either pool,
+/// saved before gossip begins, so that this start supersedes every earlier one.
+fn next_generation(data_dir: &Path) -> anyhow::Result<u64> {
+    let mut saved = MembersFile::load(data_dir)?;
+    let wan = MembersFile::load_from(&MembersFile::wan_path(data_dir))?;
+    saved.generation = saved.generation.max(wan.generation) + 1;
+    saved
+        .save(data_dir)
+        .context("saving the gossip generation")?;
+    Ok(saved.generation)
+}
+
+/// Starts LAN gossip with this start's `generation`, joining `--join` and the members
+/// saved before a restart.
 #[allow(clippy::too_many_arguments)]
 fn start_gossip(
     config: &Config,
     data_dir: &Path,
     node_id: uuid::Uuid,
+    generation: u64,
     advertise: SocketAddr,
+    wan_advertise: Option<SocketAddr>,
     transport: Transport,
     datagrams: crate::transport::DatagramReceiver,
     bus: Bus,
@@ -290,18 +347,18 @@ fn start_gossip(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Gossip> {
-    let mut saved = MembersFile::load(data_dir)?;
-    saved.generation += 1;
-    saved
-        .save(data_dir)
-        .context("saving the gossip generation")?;
+    let saved = MembersFile::load(data_dir)?;
     let role = if config.server {
         membership::Role::Server
     } else {
         membership::Role::Client
     };
     let mut membership = MembershipConfig::lan(&config.dc, role);
-    membership.tags = standard_tags(&role.to_string(), &config.dc, &node_id, &BTreeMap::new());
+    let mut tags = BTreeMap::new();
+    if let Some(addr) = wan_advertise {
+        tags.insert(wan::WAN_TAG.to_string(), addr.to_string());
+    }
+    membership.tags = standard_tags(&role.to_string(), &config.dc, &node_id, &tags);
     let mut join = config.join.clone();
     join.extend(saved.peers.iter().filter(|addr| **addr != advertise));
     join.dedup();
@@ -309,11 +366,11 @@ fn start_gossip(
         me: NodeIdentity {
             name: config.node.clone(),
             addr: advertise,
-            generation: saved.generation,
+            generation,
         },
         membership,
         join,
-        data_dir: data_dir.to_path_buf(),
+        members_file: MembersFile::path(data_dir),
         seed: uuid::Uuid::new_v4().as_u64_pair().0,
         event_ltime: saved.event_ltime,
         event_size_limit: config.event_size_limit,

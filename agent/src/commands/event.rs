@@ -31,7 +31,9 @@ pub async fn fire(
         service: args.service.clone(),
         tag: args.tag.clone(),
     };
-    let event = client.fire_event(&args.name, payload, &filter).await?;
+    let event = client
+        .fire_event(&args.name, payload, &filter, args.dc.as_deref())
+        .await?;
     writeln!(out, "Event ID: {}", event.id)?;
     Ok(())
 }

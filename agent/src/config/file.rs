@@ -128,6 +128,8 @@ pub struct ConfigFile {
     pub advertise: Option<SocketAddr>,
     /// `wan_bind`
     pub wan_bind: Option<SocketAddr>,
+    /// `advertise_wan`
+    pub advertise_wan: Option<SocketAddr>,
     /// `http`
     pub http: Option<SocketAddr>,
     /// `dns`
@@ -135,8 +137,8 @@ pub struct ConfigFile {
     /// `join`: `IP` or `IP:PORT` strings.
     #[serde(default, deserialize_with = "gossip_addrs")]
     pub join: Vec<SocketAddr>,
-    /// `join_wan`: `IP` or `IP:PORT` strings.
-    #[serde(default, deserialize_with = "gossip_addrs")]
+    /// `join_wan`: `IP` (port 8302) or `IP:PORT` strings.
+    #[serde(default, deserialize_with = "wan_addrs")]
     pub join_wan: Vec<SocketAddr>,
     /// `ca_file`, resolved against the file's directory.
     #[serde(default, deserialize_with = "path")]
@@ -260,10 +262,21 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
 }
 
 fn gossip_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    addrs(deserializer, super::parse_gossip_addr)
+}
+
+fn wan_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    addrs(deserializer, super::parse_wan_addr)
+}
+
+fn addrs<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    parse: fn(&str) -> Option<SocketAddr>,
+) -> Result<Vec<SocketAddr>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .iter()
         .map(|text| {
-            super::parse_gossip_addr(text).ok_or_else(|| {
+            parse(text).ok_or_else(|| {
                 de::Error::invalid_value(de::Unexpected::Str(text), &"IP or IP:PORT")
             })
         })
@@ -379,6 +392,8 @@ mod tests {
                 "10.0.0.3:9301".parse().unwrap()
             ]
         );
+        // A WAN address without a port gets the WAN port.
+        assert_eq!(file.join_wan, vec!["10.1.0.1:8302".parse().unwrap()]);
         assert_eq!(file.dead_server_cleanup, Some(Duration::from_secs(5400)));
         assert_eq!(file.event_handler_timeout, Some(Duration::from_secs(120)));
         assert_eq!(file.event_size_limit, Some(900));

@@ -1,4 +1,5 @@
-//! `<data-dir>/members`: what a restarted agent needs to rejoin without `--join`.
+//! `<data-dir>/members` (and `<data-dir>/members-wan` for a server's WAN pool): what a
+//! restarted agent needs to rejoin without `--join`.
 //!
 //! The file holds the gossip generation of the last start (bumped at every start, so a
 //! restarted node supersedes its old self whatever the clock says) and the addresses of
@@ -13,8 +14,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// File name inside the data dir.
+/// File name inside the data dir (LAN pool).
 pub const FILE: &str = "members";
+
+/// File name inside the data dir of the WAN pool's members.
+pub const WAN_FILE: &str = "members-wan";
 
 /// At most this many addresses are kept: enough to find the cluster again.
 pub const MAX_PEERS: usize = 256;
@@ -33,16 +37,30 @@ pub struct MembersFile {
 }
 
 impl MembersFile {
-    /// Path of the file in `data_dir`.
+    /// Path of the LAN pool's file in `data_dir`.
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(FILE)
     }
 
-    /// Reads the file; a missing file is an empty state. A corrupt file is reported, not
-    /// ignored: the operator must see that the generation is unknown.
+    /// Path of the WAN pool's file in `data_dir`.
+    pub fn wan_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(WAN_FILE)
+    }
+
+    /// Reads the LAN pool's file in `data_dir` (see [`MembersFile::load_from`]).
     pub fn load(data_dir: &Path) -> anyhow::Result<MembersFile> {
-        let path = Self::path(data_dir);
-        match fs::read(&path) {
+        Self::load_from(&Self::path(data_dir))
+    }
+
+    /// Writes the LAN pool's file in `data_dir` (see [`MembersFile::save_to`]).
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        self.save_to(&Self::path(data_dir))
+    }
+
+    /// Reads the file at `path`; a missing file is an empty state. A corrupt file is
+    /// reported, not ignored: the operator must see that the generation is unknown.
+    pub fn load_from(path: &Path) -> anyhow::Result<MembersFile> {
+        match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a valid members file", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MembersFile::default()),
@@ -50,8 +68,8 @@ impl MembersFile {
         }
     }
 
-    /// Writes the file atomically and durably.
-    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+    /// Writes the file at `path` atomically and durably.
+    pub fn save_to(&self, path: &Path) -> anyhow::Result<()> {
         let mut peers = self.peers.clone();
         peers.truncate(MAX_PEERS);
         let body = serde_json::to_vec_pretty(&MembersFile {
@@ -59,7 +77,7 @@ impl MembersFile {
             peers,
             event_ltime: self.event_ltime,
         })?;
-        crate::data_file::write_atomic(&Self::path(data_dir), &body)
+        crate::data_file::write_atomic(path, &body)
     }
 }
 

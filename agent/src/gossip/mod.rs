@@ -1,4 +1,5 @@
-//! The gossip driver: runs the sans-I/O [`membership::Membership`] on the LAN endpoint.
+//! The gossip driver: runs the sans-I/O [`membership::Membership`] on a QUIC endpoint,
+//! the LAN one of every agent or the WAN one of a server.
 //!
 //! One task owns the membership state and takes its inputs in turn: gossip packets from
 //! the transport (each tagged with the sender's certified identity), timers from a
@@ -9,8 +10,10 @@
 //! list that the HTTP API reads.
 //!
 //! Only a peer whose certificate names it a member of our datacenter is heard on the LAN
-//! pool, and the membership state checks that a packet's claimed sender is the node of
-//! that certificate.
+//! pool, only a server (of any datacenter) on the WAN pool, where members are named
+//! `<node>.<dc>` ([`wan_name`]); the membership state checks that a packet's claimed
+//! sender is the node of that certificate. Member changes and user events of the LAN
+//! pool go on the event bus; the WAN pool only keeps its member list.
 
 pub mod members_file;
 pub mod user_events;
@@ -28,7 +31,7 @@ use events::{
 };
 use futures::StreamExt;
 use membership::{
-    ChangeKind, Effect, EventKey, Member, Membership, MembershipConfig, NodeIdentity,
+    ChangeKind, Effect, EventKey, Member, Membership, MembershipConfig, NodeIdentity, Pool,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -76,6 +79,9 @@ pub enum GossipError {
     /// The gossip task has stopped (the agent is shutting down).
     #[error("gossip is not running")]
     Stopped,
+    /// User events are fired in a datacenter's LAN pool, not on the WAN.
+    #[error("user events are not fired on the WAN pool")]
+    NotOnWan,
 }
 
 impl GossipError {
@@ -89,7 +95,12 @@ impl GossipError {
     }
 }
 
-/// Settings of the LAN gossip of one agent.
+/// The name of a server in the WAN pool: `<node>.<dc>` (datacenter names have no dots).
+pub fn wan_name(node: &str, dc: &str) -> String {
+    format!("{node}.{dc}")
+}
+
+/// Settings of the gossip of one agent in one pool.
 pub struct GossipConfig {
     /// This node's gossip identity.
     pub me: NodeIdentity,
@@ -98,8 +109,8 @@ pub struct GossipConfig {
     /// Addresses to join at start, retried with backoff until one answers
     /// (`--join` and the members saved before a restart).
     pub join: Vec<SocketAddr>,
-    /// Where `members` is saved.
-    pub data_dir: PathBuf,
+    /// Where the member list is saved (see [`members_file`]).
+    pub members_file: PathBuf,
     /// Seed of the membership's randomness.
     pub seed: u64,
     /// The user event clock saved at the last run: events below it do not fire again.
@@ -159,6 +170,7 @@ impl Gossip {
         shutdown: CancellationToken,
     ) -> Result<Gossip, GossipError> {
         let dc = config.membership.dc.clone();
+        let pool = config.membership.pool;
         let mut membership = Membership::new(config.me.clone(), config.membership, config.seed)?;
         // Events below the saved clock were handled (or missed) before the restart.
         membership.set_event_floor(config.event_ltime);
@@ -177,10 +189,11 @@ impl Gossip {
             membership,
             transport,
             dc,
+            pool,
             bus,
             timers: DelayQueue::new(),
             members: members_tx,
-            data_dir: config.data_dir,
+            members_file: config.members_file,
             pending_joins: Vec::new(),
             leaving: None,
             dirty: true,
@@ -322,10 +335,11 @@ struct Driver {
     events_dirty: bool,
     transport: Transport,
     dc: String,
+    pool: Pool,
     bus: Bus,
     timers: DelayQueue<membership::MembershipTimer>,
     members: watch::Sender<MemberView>,
-    data_dir: PathBuf,
+    members_file: PathBuf,
     pending_joins: Vec<(SocketAddr, oneshot::Sender<Result<(), GossipError>>)>,
     leaving: Option<(Instant, oneshot::Sender<Result<(), GossipError>>)>,
     dirty: bool,
@@ -389,6 +403,9 @@ impl Driver {
 
     /// Stamps, checks and gossips a user event fired here, then handles it as received.
     fn fire(&mut self, request: FireRequest) -> Result<UserEvent, GossipError> {
+        if self.pool == Pool::Wan {
+            return Err(GossipError::NotOnWan);
+        }
         let mut event = UserEvent::new(
             UserEvent::new_id(rand::random()),
             request.name,
@@ -447,15 +464,23 @@ impl Driver {
     }
 
     fn datagram(&mut self, datagram: Datagram) {
-        // The LAN pool is one datacenter: anyone else is not heard, whatever it claims.
-        if datagram.from.dc != self.dc {
-            tracing::debug!(from = %datagram.from, "gossip from another datacenter dropped");
-            return;
-        }
-        if let Err(e) = self
-            .membership
-            .handle_data(&datagram.payload, &datagram.from.node)
-        {
+        let from = &datagram.from;
+        let sender = match self.pool {
+            // The LAN pool is one datacenter: anyone else is not heard, whatever it claims.
+            Pool::Lan if from.dc != self.dc => {
+                tracing::debug!(%from, "gossip from another datacenter dropped");
+                return;
+            }
+            Pool::Lan => from.node.clone(),
+            // The WAN pool is the servers of every datacenter (the handshake already
+            // refuses other certificates; this keeps the rule in one visible place too).
+            Pool::Wan if from.role != membership::Role::Server => {
+                tracing::debug!(%from, "WAN gossip from a non-server dropped");
+                return;
+            }
+            Pool::Wan => wan_name(&from.node, &from.dc),
+        };
+        if let Err(e) = self.membership.handle_data(&datagram.payload, &sender) {
             tracing::debug!(from = %datagram.from, "gossip packet refused: {e}");
         }
     }
@@ -470,6 +495,8 @@ impl Driver {
                 Effect::Schedule { timer, after } => {
                     self.timers.insert(timer, after);
                 }
+                // User events belong to a datacenter's LAN pool.
+                Effect::Event { .. } if self.pool == Pool::Wan => {}
                 Effect::Event { key, payload } => match UserEvent::decode(&payload) {
                     Ok(event) if event.ltime == key.ltime && *event.id.as_bytes() == key.id => {
                         received.push(event);
@@ -487,10 +514,13 @@ impl Driver {
                         member = %change.member.name,
                         addr = %change.member.addr,
                         change = ?change.kind,
+                        pool = ?self.pool,
                         "membership changed"
                     );
-                    self.bus
-                        .publish(Event::Member(member_event(change.kind, &change.member)));
+                    if self.pool == Pool::Lan {
+                        self.bus
+                            .publish(Event::Member(member_event(change.kind, &change.member)));
+                    }
                 }
             }
         }
@@ -567,7 +597,7 @@ impl Driver {
             peers,
             event_ltime: self.clock.time(),
         };
-        match file.save(&self.data_dir) {
+        match file.save_to(&self.members_file) {
             Ok(()) => {
                 self.dirty = false;
                 self.events_dirty = false;

@@ -12,7 +12,8 @@ use serde_json::json as object;
 use super::error::ApiError;
 use super::params::Params;
 use super::{ApiState, json};
-use crate::config::parse_gossip_addr;
+use crate::config::{parse_gossip_addr, parse_wan_addr};
+use crate::gossip::Gossip;
 
 /// This agent's configuration, its member record and a few statistics.
 pub async fn self_(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -90,47 +91,63 @@ impl<'a> From<&'a Member> for MemberJson<'a> {
     }
 }
 
-/// Refuses `?wan` while this agent runs no WAN pool.
-fn no_wan(params: &Params) -> Result<(), ApiError> {
+/// The pool a request names: the WAN pool with `?wan` (servers only), else the LAN.
+/// `None` for `?wan` on a client agent, which is in no WAN pool.
+fn pool<'a>(state: &'a ApiState, params: &Params) -> Option<&'a Gossip> {
     if params.flag("wan") {
-        return Err(ApiError::bad_request("this agent runs no WAN pool"));
+        state.wan().map(|wan| &wan.gossip)
+    } else {
+        Some(&state.inner.gossip)
     }
-    Ok(())
 }
 
-/// `GET /v1/agent/members`: every member this agent knows, itself included. Its
-/// `X-Consul-Index` moves on every membership change; with `?index=` the request blocks
-/// until it does (an extension: Consul's endpoint does not block).
+/// `GET /v1/agent/members`: every member this agent knows, itself included; with `?wan`
+/// the servers of every datacenter in the WAN pool, named `<node>.<dc>` (none on a
+/// client agent, as Consul). Its `X-Consul-Index` moves on every membership change;
+/// with `?index=` the request blocks until it does (an extension: Consul's endpoint
+/// does not block).
 pub async fn members(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref());
-    no_wan(&params)?;
+    let Some(gossip) = pool(&state, &params) else {
+        return Ok(json(&Vec::<MemberJson>::new()));
+    };
     let view = match params.u64("index")?.filter(|i| *i > 0) {
         Some(index) => {
             let wait = super::blocking_wait(&params)?;
-            state.inner.gossip.wait_members(index, wait).await
+            gossip.wait_members(index, wait).await
         }
-        None => state.inner.gossip.member_view(),
+        None => gossip.member_view(),
     };
     let body: Vec<MemberJson> = view.members.iter().map(MemberJson::from).collect();
     Ok((super::event::index_header(view.index), json(&body)).into_response())
 }
 
-/// `PUT /v1/agent/join/<addr>`: announces this agent to `addr` and waits for an answer.
+/// `PUT /v1/agent/join/<addr>`: announces this agent to `addr` and waits for an answer;
+/// with `?wan`, a server joins the WAN pool (an IP alone means port 8302).
 pub async fn join(
     State(state): State<ApiState>,
     Path(addr): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    no_wan(&Params::parse(query.as_deref()))?;
-    let target = parse_gossip_addr(&addr).ok_or_else(|| {
+    let params = Params::parse(query.as_deref());
+    let wan = params.flag("wan");
+    let Some(gossip) = pool(&state, &params) else {
+        return Err(ApiError::internal(
+            "cannot join the WAN pool from a client agent: only servers are in it",
+        ));
+    };
+    let parse = if wan {
+        parse_wan_addr
+    } else {
+        parse_gossip_addr
+    };
+    let target = parse(&addr).ok_or_else(|| {
         ApiError::bad_request(format!("Invalid address {addr:?}: want IP or IP:PORT"))
     })?;
-    state
-        .inner
-        .gossip
+    gossip
         .join(target)
         .await
         .map_err(|e| ApiError::internal(format!("failed to join {target}: {e}")))?;
@@ -144,6 +161,12 @@ pub async fn leave(State(state): State<ApiState>) -> Result<Response, ApiError> 
         && let Err(e) = leave_raft(&state, raft).await
     {
         tracing::warn!("leaving the Raft configuration: {e}");
+    }
+    // A server leaves the WAN pool first, so other datacenters stop sending to it.
+    if let Some(wan) = state.wan()
+        && let Err(e) = wan.gossip.leave().await
+    {
+        tracing::warn!("leaving the WAN pool: {e}");
     }
     state
         .inner
@@ -190,17 +213,22 @@ async fn leave_raft(state: &ApiState, raft: &crate::raft::Raft) -> Result<(), Ap
     Ok(())
 }
 
-/// `PUT /v1/agent/force-leave/<node>`: moves a failed member to left.
+/// `PUT /v1/agent/force-leave/<node>`: moves a failed member to left, in the LAN pool
+/// and, on a server, in the WAN pool (where it is named `<node>.<dc>`).
 pub async fn force_leave(
     State(state): State<ApiState>,
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
-    let known = state
+    let failed = |e| ApiError::internal(format!("force-leave failed: {e}"));
+    let mut known = state
         .inner
         .gossip
         .force_leave(&node)
         .await
-        .map_err(|e| ApiError::internal(format!("force-leave failed: {e}")))?;
+        .map_err(failed)?;
+    if let Some(wan) = state.wan() {
+        known |= wan.gossip.force_leave(&node).await.map_err(failed)?;
+    }
     if !known {
         return Err(ApiError::internal(format!(
             "agent: No node found with name '{node}'"

@@ -361,9 +361,14 @@ pub(super) fn tags(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// `GET /v1/catalog/datacenters`: this agent's datacenter.
+/// `GET /v1/catalog/datacenters`: the datacenters with a server in the WAN pool,
+/// nearest first (see [`super::Wan::datacenters`]). Answered by a server.
 pub async fn datacenters(State(state): State<ApiState>) -> Response {
-    json(&[&state.info().dc])
+    let local = &state.info().dc;
+    match state.wan() {
+        Some(wan) => json(&wan.datacenters(local)),
+        None => json(&[local]),
+    }
 }
 
 /// `GET /v1/catalog/nodes`: every node, sorted by name.

@@ -17,6 +17,14 @@
 //! reached a server that then died is applied once even if it is sent again, so it
 //! too is retried. A server that failed a call is avoided by client agents for
 //! [`SERVER_PENALTY`].
+//!
+//! A request that names another datacenter (`?dc=`) goes to a server of ours (from a
+//! client agent), which carries it over the WAN endpoint to a live server of that
+//! datacenter, chosen from the WAN pool; there it is answered like a request from one of
+//! its own client agents (forwarded to its leader if need be), and the answer comes back
+//! unchanged. A datacenter without a live server in the WAN pool gets Consul's
+//! `No path to datacenter`. A server refuses a request from the WAN that names a
+//! datacenter other than its own, so a request crosses the WAN at most once.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -98,20 +106,41 @@ pub struct WireResponse {
 /// Where a request that needs the leader goes from here.
 enum Route {
     Local,
-    Forward(SocketAddr),
+    Forward(SocketAddr, Via),
     /// Nowhere yet (no leader elected, no server known); may change soon.
     Wait(ApiError),
     /// Nowhere.
     Refuse(ApiError),
 }
 
+/// Which endpoint a forwarded request leaves by.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// To an agent of our datacenter.
+    Lan,
+    /// To a server of another datacenter.
+    Wan,
+}
+
 /// Who answers a request.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Target {
     /// The leader (writes, default and `?consistent` reads), or any server for `?stale`.
     Leader,
     /// Any server (`/v1/status/...`).
     AnyServer,
+    /// A server of another datacenter (`?dc=`), reached over the WAN.
+    Datacenter(String),
+}
+
+/// Where the request came from, for [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// An agent of our datacenter, over the LAN endpoint.
+    Lan,
+    /// A server of another datacenter, over the WAN endpoint; the `&str` is our
+    /// datacenter, the only one such a request may name.
+    Wan(&'a str),
 }
 
 /// Middleware on server-bound routes: answers locally when this agent can, otherwise
@@ -130,11 +159,41 @@ pub async fn to_any_server(
     dispatch(&state, Target::AnyServer, request, next).await
 }
 
+/// Middleware on routes this agent answers itself unless they name another datacenter
+/// (`PUT /v1/event/fire?dc=`): those go to a server of that datacenter.
+pub async fn to_datacenter(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let params = Params::parse(request.uri().query());
+    match remote_target(&state, &params) {
+        None => run_here(request, next).await,
+        Some(target) => dispatch(&state, target, request, next).await,
+    }
+}
+
+/// The target of a request that names a datacenter other than ours: a server of it
+/// (from a server), or any server of ours, which carries it on (from a client agent).
+fn remote_target(state: &ApiState, params: &Params) -> Option<Target> {
+    let dc = params.get("dc").filter(|dc| !dc.is_empty())?;
+    if dc == state.info().dc {
+        return None;
+    }
+    Some(if state.inner.raft.is_some() {
+        Target::Datacenter(dc.to_string())
+    } else {
+        Target::AnyServer
+    })
+}
+
 async fn dispatch(state: &ApiState, target: Target, request: Request, next: Next) -> Response {
     let hops = hops_of(request.headers());
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let stale = Params::parse(request.uri().query()).flag("stale");
-    let first = route_for(state, target, is_read && stale, hops, &HashSet::new());
+    let params = Params::parse(request.uri().query());
+    let target = remote_target(state, &params).unwrap_or(target);
+    let stale = params.flag("stale");
+    let first = route_for(state, &target, is_read && stale, hops, &HashSet::new());
     match first {
         Route::Local => run_here(request, next).await,
         first => match forward_held(state, target, request, next, first, hops).await {
@@ -146,12 +205,13 @@ async fn dispatch(state: &ApiState, target: Target, request: Request, next: Next
 
 fn route_for(
     state: &ApiState,
-    target: Target,
+    target: &Target,
     stale_read: bool,
     hops: u8,
     avoid: &HashSet<SocketAddr>,
 ) -> Route {
     match (target, state.inner.raft.is_some()) {
+        (Target::Datacenter(dc), _) => wan_route(state, dc, avoid),
         (Target::AnyServer, true) => Route::Local,
         (Target::Leader, true) => route(state, stale_read, hops),
         (_, false) => client_route(state, hops, avoid),
@@ -190,6 +250,8 @@ async fn forward_held(
     let bytes = postcard::to_allocvec(&wire)
         .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
     let mut avoid = HashSet::new();
+    // Why the last attempt failed: the answer if no server is left to try.
+    let mut failure: Option<ApiError> = None;
     let mut route = first;
     let mut pause = FIRST_PAUSE;
     loop {
@@ -198,13 +260,13 @@ async fn forward_held(
         match route {
             // This server became the leader while the request waited.
             Route::Local => return Ok(run_here(rebuild()?, next).await),
-            Route::Refuse(error) => return Err(error),
+            Route::Refuse(error) => return Err(failure.unwrap_or(error)),
             Route::Wait(error) if last_chance => return Err(error),
             Route::Wait(_) => {
                 tokio::time::sleep(pause.min(HOLD_TIMEOUT - held)).await;
                 pause = (pause * 2).min(MAX_PAUSE);
             }
-            Route::Forward(addr) => {
+            Route::Forward(addr, via) => {
                 // A request that may go again gets a short attempt, so that a server
                 // that died with its connection still open costs seconds, not the idle
                 // timeout.
@@ -214,8 +276,8 @@ async fn forward_held(
                     wait + FORWARD_GRACE
                 };
                 let called = tokio::select! {
-                    called = call(state, addr, &bytes, attempt) => called,
-                    new = leader_moved_from(state, addr) => Err(TransportError::Remote(
+                    called = call(state, via, addr, &bytes, attempt) => called,
+                    new = leader_moved_from(state, via, addr) => Err(TransportError::Remote(
                         format!("the leadership moved to {new} while the request was in flight"),
                     )),
                 };
@@ -241,12 +303,14 @@ async fn forward_held(
                             )));
                         }
                         tracing::debug!(%addr, "forwarded request failed, trying again: {error}");
+                        failure =
+                            Some(ApiError::internal(format!("forwarding to {addr}: {error}")));
                         avoid.insert(addr);
                     }
                 }
             }
         }
-        route = route_for(state, target, stale_read, hops, &avoid);
+        route = route_for(state, &target, stale_read, hops, &avoid);
     }
 }
 
@@ -284,7 +348,7 @@ pub(super) async fn forward(
     let (wire, _) = to_wire(request, hops).await?;
     let bytes = postcard::to_allocvec(&wire)
         .map_err(|e| ApiError::internal(format!("encoding the forwarded request: {e}")))?;
-    call(state, addr, &bytes, wait + FORWARD_GRACE)
+    call(state, Via::Lan, addr, &bytes, wait + FORWARD_GRACE)
         .await
         .map_err(|e| ApiError::internal(format!("forwarding to {addr}: {e}")))
 }
@@ -313,7 +377,7 @@ fn route(state: &ApiState, stale_read: bool, hops: u8) -> Route {
     match raft.leader() {
         None => Route::Wait(ApiError::internal("No cluster leader")),
         Some((_, node)) => match node.addr.parse() {
-            Ok(addr) => Route::Forward(addr),
+            Ok(addr) => Route::Forward(addr, Via::Lan),
             Err(_) => Route::Refuse(ApiError::internal(format!(
                 "the leader's address {:?} is not valid",
                 node.addr
@@ -329,8 +393,18 @@ fn client_route(state: &ApiState, hops: u8, avoid: &HashSet<SocketAddr>) -> Rout
         return Route::Refuse(ApiError::internal("No known Consul servers"));
     }
     match state.pick_server(avoid) {
-        Some(addr) => Route::Forward(addr),
+        Some(addr) => Route::Forward(addr, Via::Lan),
         None => Route::Wait(ApiError::internal("No known Consul servers")),
+    }
+}
+
+/// A server sends a request for datacenter `dc` to a live server of it in the WAN pool,
+/// other than those in `avoid`. A datacenter with no live server left has no path;
+/// while a request is being retried, that ends the retries.
+fn wan_route(state: &ApiState, dc: &str, avoid: &HashSet<SocketAddr>) -> Route {
+    match state.pick_wan_server(dc, avoid) {
+        Some(addr) => Route::Forward(addr, Via::Wan),
+        None => Route::Refuse(ApiError::internal("No path to datacenter")),
     }
 }
 
@@ -365,8 +439,8 @@ async fn to_wire(
 
 /// Returns (only) when this server knows of a leader other than `addr`: a request in
 /// flight to `addr` as the leader will not be answered by a leader any more.
-async fn leader_moved_from(state: &ApiState, addr: SocketAddr) -> String {
-    let Some(raft) = state.inner.raft.as_ref() else {
+async fn leader_moved_from(state: &ApiState, via: Via, addr: SocketAddr) -> String {
+    let Some(raft) = state.inner.raft.as_ref().filter(|_| via == Via::Lan) else {
         return std::future::pending().await;
     };
     loop {
@@ -379,15 +453,24 @@ async fn leader_moved_from(state: &ApiState, addr: SocketAddr) -> String {
     }
 }
 
-/// One call of an encoded request to `addr`.
+/// One call of an encoded request to `addr`, through the endpoint `via`.
 async fn call(
     state: &ApiState,
+    via: Via,
     addr: SocketAddr,
     request: &[u8],
     timeout: Duration,
 ) -> Result<Response, TransportError> {
-    let reply = state
-        .transport()
+    let transport = match (via, state.wan()) {
+        (Via::Lan, _) => state.transport(),
+        (Via::Wan, Some(wan)) => &wan.transport,
+        (Via::Wan, None) => {
+            return Err(TransportError::Remote(
+                "this agent has no WAN endpoint".to_string(),
+            ));
+        }
+    };
+    let reply = transport
         .call_with_timeout(addr, frame(RpcKind::Http, request), timeout)
         .await?;
     let answer: WireResponse = postcard::from_bytes(&reply.body)
@@ -410,12 +493,28 @@ fn into_response(wire: WireResponse) -> Response {
     response
 }
 
-/// Answers a forwarded request with this agent's router.
-pub async fn serve(router: axum::Router, bytes: &[u8]) -> Result<Bytes, String> {
+/// Answers a forwarded request with this agent's router. A request from the WAN must be
+/// for our datacenter; it is then handled as if a client agent of ours had forwarded it.
+pub async fn serve(
+    router: axum::Router,
+    bytes: &[u8],
+    origin: Origin<'_>,
+) -> Result<Bytes, String> {
     use tower::ServiceExt;
 
-    let wire: WireRequest =
+    let mut wire: WireRequest =
         postcard::from_bytes(bytes).map_err(|e| format!("bad forwarded request: {e}"))?;
+    if let Origin::Wan(our_dc) = origin {
+        let query = wire.uri.split_once('?').map(|(_, query)| query);
+        if let Some(dc) = Params::parse(query).get("dc").filter(|dc| !dc.is_empty())
+            && dc != our_dc
+        {
+            return Err(format!(
+                "a request for datacenter {dc:?} reached datacenter {our_dc:?}; requests cross the WAN once"
+            ));
+        }
+        wire.hops = 1;
+    }
     let method = Method::from_bytes(wire.method.as_bytes())
         .map_err(|_| format!("bad method {:?}", wire.method))?;
     let uri: Uri = wire

@@ -36,6 +36,7 @@ use crate::gossip::Gossip;
 use crate::local::LocalState;
 use crate::raft::Raft;
 use crate::transport::Transport;
+use crate::wan::Wan;
 
 /// Facts about this agent that the API reports.
 #[derive(Debug, Clone)]
@@ -62,6 +63,7 @@ struct ApiInner {
     info: SelfInfo,
     raft: Option<Raft>,
     gossip: Gossip,
+    wan: Option<Wan>,
     bus: events::Bus,
     transport: Transport,
     local: LocalState,
@@ -72,14 +74,16 @@ struct ApiInner {
 }
 
 impl ApiState {
-    /// The state of an agent; `raft` is `Some` on servers; `bus` is what
+    /// The state of an agent; `raft` and `wan` are `Some` on servers; `bus` is what
     /// `/v1/event/stream` follows; `local` holds the services and checks of
     /// `/v1/agent/service*` and `/v1/agent/check*`. `shutdown` stops the agent (after
     /// `/v1/agent/leave`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         info: SelfInfo,
         raft: Option<Raft>,
         gossip: Gossip,
+        wan: Option<Wan>,
         bus: events::Bus,
         transport: Transport,
         local: LocalState,
@@ -90,6 +94,7 @@ impl ApiState {
                 info,
                 raft,
                 gossip,
+                wan,
                 bus,
                 transport,
                 local,
@@ -104,14 +109,17 @@ impl ApiState {
         &self.inner.transport
     }
 
+    /// This server's WAN side (`None` on client agents).
+    pub(crate) fn wan(&self) -> Option<&Wan> {
+        self.inner.wan.as_ref()
+    }
+
     /// A live server of this datacenter other than this agent and those in `avoid`,
     /// chosen at random; one that failed a call recently only if there is no other.
     fn pick_server(
         &self,
         avoid: &std::collections::HashSet<std::net::SocketAddr>,
     ) -> Option<std::net::SocketAddr> {
-        use rand::seq::IndexedRandom;
-
         let info = &self.inner.info;
         let members = self.inner.gossip.members();
         let servers: Vec<std::net::SocketAddr> = members
@@ -125,6 +133,34 @@ impl ApiState {
             })
             .map(|m| m.addr)
             .collect();
+        self.pick_healthy(&servers)
+    }
+
+    /// A live server of datacenter `dc` from the WAN pool, other than those in `avoid`,
+    /// chosen like [`ApiState::pick_server`].
+    fn pick_wan_server(
+        &self,
+        dc: &str,
+        avoid: &std::collections::HashSet<std::net::SocketAddr>,
+    ) -> Option<std::net::SocketAddr> {
+        let members = self.wan()?.gossip.members();
+        let servers: Vec<std::net::SocketAddr> = members
+            .iter()
+            .filter(|m| {
+                m.dc == dc
+                    && m.role == membership::Role::Server
+                    && m.state.consul_status() == 1
+                    && !avoid.contains(&m.addr)
+            })
+            .map(|m| m.addr)
+            .collect();
+        self.pick_healthy(&servers)
+    }
+
+    /// One of `servers` at random, preferring those that did not fail a call recently.
+    fn pick_healthy(&self, servers: &[std::net::SocketAddr]) -> Option<std::net::SocketAddr> {
+        use rand::seq::IndexedRandom;
+
         let now = std::time::Instant::now();
         let healthy: Vec<std::net::SocketAddr> = {
             let mut penalized = self.penalized();
@@ -136,7 +172,7 @@ impl ApiState {
                 .collect()
         };
         let pool = if healthy.is_empty() {
-            &servers
+            servers
         } else {
             &healthy
         };
@@ -211,10 +247,12 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             forward::to_server,
         ));
-    // Routes any server answers from its own state; client agents forward them.
+    // Routes any server answers from its own state; client agents forward them. The
+    // datacenters are known from the WAN pool, which only servers are in.
     let any_server = Router::new()
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             forward::to_any_server,
@@ -222,7 +260,6 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(server_bound)
         .merge(any_server)
-        .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/agent/self", get(agent::self_))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/join/{*addr}", put(agent::join))
@@ -245,8 +282,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/check/warn/{id}", put(local::warn))
         .route("/v1/agent/check/fail/{id}", put(local::fail))
         .route("/v1/agent/check/update/{id}", put(local::update))
-        .route("/v1/event/fire/", put(event::fire))
-        .route("/v1/event/fire/{*name}", put(event::fire))
+        .merge(
+            // A user event for another datacenter is fired by one of its servers.
+            Router::new()
+                .route("/v1/event/fire/", put(event::fire))
+                .route("/v1/event/fire/{*name}", put(event::fire))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    forward::to_datacenter,
+                )),
+        )
         .route("/v1/event/list", get(event::list))
         .route("/v1/event/stream", get(event::stream))
         .fallback(not_found)

@@ -169,6 +169,14 @@ pub enum TlsError {
     /// A certificate lacks a well-formed agent identity.
     #[error("certificate carries no valid agent identity: {0}")]
     Identity(String),
+    /// A certificate of the wrong role for the pool (the WAN pool takes servers only).
+    #[error("a {expected} certificate is required here, this one is a {found} certificate")]
+    WrongRole {
+        /// The role the pool requires.
+        expected: Role,
+        /// The certificate's role.
+        found: Role,
+    },
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -444,7 +452,7 @@ impl TlsMaterial {
     }
 
     /// The rustls server configuration: TLS 1.3, a client certificate from the CA with
-    /// an agent identity required, one ALPN, no session resumption or early data.
+    /// an agent identity required (of a server on the WAN pool), one ALPN, no session resumption or early data.
     pub fn rustls_server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
         let webpki =
@@ -452,7 +460,10 @@ impl TlsMaterial {
                 .build()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(verify::AgentClientVerifier::new(webpki)))
+            .with_client_cert_verifier(Arc::new(verify::AgentClientVerifier::new(
+                webpki,
+                required_role(alpn),
+            )))
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![alpn.to_vec()];
         config.max_early_data_size = 0;
@@ -462,13 +473,15 @@ impl TlsMaterial {
     }
 
     /// The rustls client configuration: TLS 1.3, the peer's chain verified against the CA
-    /// and required to carry an agent identity (any node, role or datacenter), our
+    /// and required to carry an agent identity (any node or datacenter; the server role on
+    /// the WAN pool), our
     /// certificate offered for client authentication, one ALPN, no resumption.
     pub fn rustls_client_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
         let provider = provider();
         let verifier = verify::AgentServerVerifier::new(
             self.roots.clone(),
             provider.signature_verification_algorithms,
+            required_role(alpn),
         );
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -500,6 +513,11 @@ impl TlsMaterial {
         config.transport_config(Arc::new(quic_transport_config()));
         Ok(config)
     }
+}
+
+/// The role a peer must have in the pool named by `alpn`: the WAN pool is for servers.
+fn required_role(alpn: &[u8]) -> Option<Role> {
+    (alpn == ALPN_WAN).then_some(Role::Server)
 }
 
 /// The QUIC transport settings of both directions: [`IDLE_TIMEOUT`],

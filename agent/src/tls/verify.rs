@@ -5,7 +5,8 @@
 //! check cannot express the policy. Instead both verifiers require the identity SAN
 //! (`server.<dc>.agent` / `client.<dc>.agent`) and a node CN, and the transport hands the
 //! parsed [`PeerIdentity`](super::PeerIdentity) to the code that decides what the peer
-//! may do.
+//! may do. The WAN pool is for servers only: there both verifiers also require the
+//! server role, so a client certificate cannot even finish a handshake on it.
 
 use std::sync::Arc;
 
@@ -19,13 +20,25 @@ use rustls::{
     SignatureScheme,
 };
 
-use super::identity_from_cert;
+use super::{Role, TlsError, identity_from_cert};
 
-/// Rejects a certificate whose agent identity is missing or malformed.
-fn require_identity(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-    identity_from_cert(end_entity).map(|_| ()).map_err(|e| {
+/// Rejects a certificate whose agent identity is missing or malformed, or not of `role`
+/// when one is required.
+fn require_identity(
+    end_entity: &CertificateDer<'_>,
+    role: Option<Role>,
+) -> Result<(), rustls::Error> {
+    let refuse = |e: TlsError| {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-    })
+    };
+    let identity = identity_from_cert(end_entity).map_err(refuse)?;
+    match role {
+        Some(role) if identity.role != role => Err(refuse(TlsError::WrongRole {
+            expected: role,
+            found: identity.role,
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// Verifies the certificate of the agent we dial: chain to the CA roots (with the
@@ -34,11 +47,21 @@ fn require_identity(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error
 pub(crate) struct AgentServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    role: Option<Role>,
 }
 
 impl AgentServerVerifier {
-    pub(crate) fn new(roots: Arc<RootCertStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { roots, algorithms }
+    /// Verifies the chain and the identity, and the `role` when one is given.
+    pub(crate) fn new(
+        roots: Arc<RootCertStore>,
+        algorithms: WebPkiSupportedAlgorithms,
+        role: Option<Role>,
+    ) -> Self {
+        Self {
+            roots,
+            algorithms,
+            role,
+        }
     }
 }
 
@@ -59,7 +82,7 @@ impl ServerCertVerifier for AgentServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        require_identity(end_entity)?;
+        require_identity(end_entity, self.role)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -91,11 +114,14 @@ impl ServerCertVerifier for AgentServerVerifier {
 #[derive(Debug)]
 pub(crate) struct AgentClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    role: Option<Role>,
 }
 
 impl AgentClientVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
+    /// Verifies with `inner` (the chain), then the identity, and the `role` when one is
+    /// given.
+    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, role: Option<Role>) -> Self {
+        Self { inner, role }
     }
 }
 
@@ -121,7 +147,7 @@ impl ClientCertVerifier for AgentClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        require_identity(end_entity)?;
+        require_identity(end_entity, self.role)?;
         Ok(verified)
     }
 

@@ -441,6 +441,12 @@ impl Transport {
         self.inner.peers.live(to).map(|peer| peer.identity)
     }
 
+    /// QUIC's smoothed estimate of the round-trip time to `to` (from the acknowledgements
+    /// of everything sent, gossip probes included), if a live connection to it is cached.
+    pub fn rtt(&self, to: SocketAddr) -> Option<Duration> {
+        self.inner.peers.live(to).map(|peer| peer.conn.rtt())
+    }
+
     /// Closes and forgets every connection to `to`; the next send or call dials again.
     pub fn disconnect(&self, to: SocketAddr) {
         for peer in self.inner.peers.remove_all(to) {

@@ -217,33 +217,64 @@ impl Drop for AgentProcess {
 pub struct NodeSpec {
     pub http: SocketAddr,
     pub lan: SocketAddr,
+    /// The WAN endpoint (servers).
+    pub wan: Option<SocketAddr>,
     pub args: Vec<String>,
 }
 
 impl NodeSpec {
     /// A server of datacenter `dc1` expecting three servers, on `ip`, joining `join`.
     pub fn server(pki: &Pki, ip: IpAddr, node: &str, join: Option<SocketAddr>, dir: &Path) -> Self {
-        let mut spec = Self::new(pki, agent::tls::Role::Server, ip, node, join, dir);
-        spec.args
-            .extend(["--server", "--bootstrap-expect", "3"].map(String::from));
-        spec
+        Self::server_in(pki, "dc1", 3, ip, node, join, dir)
     }
 
-    /// A client agent of datacenter `dc1` on `ip`, joining `join`.
-    pub fn client(pki: &Pki, ip: IpAddr, node: &str, join: Option<SocketAddr>, dir: &Path) -> Self {
-        Self::new(pki, agent::tls::Role::Client, ip, node, join, dir)
-    }
-
-    fn new(
+    /// A server of datacenter `dc` expecting `expect` servers, on `ip` (its WAN endpoint
+    /// too), joining `join`.
+    pub fn server_in(
         pki: &Pki,
-        role: agent::tls::Role,
+        dc: &str,
+        expect: u32,
         ip: IpAddr,
         node: &str,
         join: Option<SocketAddr>,
         dir: &Path,
     ) -> Self {
-        let mut args = pki.files(role, "dc1", node);
-        args.extend(["--node".into(), node.into(), "--data-dir".into()]);
+        let mut spec = Self::new(pki, agent::tls::Role::Server, dc, ip, node, join, dir);
+        let wan = SocketAddr::new(ip, free_udp_port(ip));
+        spec.args.extend([
+            "--server".into(),
+            "--bootstrap-expect".into(),
+            expect.to_string(),
+            "--wan-bind".into(),
+            wan.to_string(),
+        ]);
+        spec.wan = Some(wan);
+        spec
+    }
+
+    /// A client agent of datacenter `dc1` on `ip`, joining `join`.
+    pub fn client(pki: &Pki, ip: IpAddr, node: &str, join: Option<SocketAddr>, dir: &Path) -> Self {
+        Self::new(pki, agent::tls::Role::Client, "dc1", ip, node, join, dir)
+    }
+
+    /// Adds `--join-wan addr`.
+    pub fn join_wan(mut self, addr: SocketAddr) -> Self {
+        self.args.extend(["--join-wan".into(), addr.to_string()]);
+        self
+    }
+
+    fn new(
+        pki: &Pki,
+        role: agent::tls::Role,
+        dc: &str,
+        ip: IpAddr,
+        node: &str,
+        join: Option<SocketAddr>,
+        dir: &Path,
+    ) -> Self {
+        let mut args = pki.files(role, dc, node);
+        args.extend(["--dc".into(), dc.into(), "--node".into(), node.into()]);
+        args.push("--data-dir".into());
         args.push(dir.join(node).display().to_string());
         if let Some(seed) = join {
             args.extend(["--join".into(), seed.to_string()]);
@@ -251,6 +282,7 @@ impl NodeSpec {
         NodeSpec {
             http: SocketAddr::new(ip, free_port(ip)),
             lan: SocketAddr::new(ip, free_udp_port(ip)),
+            wan: None,
             args,
         }
     }

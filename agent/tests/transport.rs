@@ -328,6 +328,50 @@ async fn a_client_certificate_is_seen_as_a_client() {
 }
 
 #[tokio::test]
+async fn the_wan_endpoint_admits_servers_of_every_datacenter_and_no_client() {
+    bounded(async {
+        let pki = Pki::new();
+        let wan = |tls: &TlsMaterial| {
+            let mut config = config();
+            config.alpn = tls::ALPN_WAN;
+            start_with(config, tls)
+        };
+        let dc1 = wan(&pki.issue_in(Role::Server, "dc1", "s1"));
+        let dc2 = wan(&pki.issue_in(Role::Server, "dc2", "t1"));
+
+        // Servers of two datacenters of one CA talk both ways, and each side has a
+        // round-trip estimate of the other once connected.
+        let peer = echo_ok(&dc2, &dc1, "across").await;
+        assert_eq!((peer.role, peer.dc.as_str()), (Role::Server, "dc1"));
+        assert_eq!(dc1.echo.callers()[0].dc, "dc2");
+        let rtt = dc2.transport.rtt(dc1.addr).unwrap();
+        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+        assert_eq!(dc2.transport.rtt("127.0.0.1:9".parse().unwrap()), None);
+
+        // A client certificate finishes no handshake on the WAN, in either direction.
+        let client = wan(&pki.issue_in(Role::Client, "dc1", "c1"));
+        let err = call_err(&client, dc1.addr, Bytes::from_static(b"x")).await;
+        assert!(
+            matches!(
+                err,
+                TransportError::Dial { .. } | TransportError::Connection { .. }
+            ),
+            "{err}"
+        );
+        let err = call_err(&dc1, client.addr, Bytes::from_static(b"x")).await;
+        assert!(matches!(err, TransportError::Dial { .. }), "{err}");
+        assert!(client.echo.callers().is_empty());
+        assert_eq!(dc1.echo.callers().len(), 1, "only the dc2 server got through");
+
+        // The pools are apart: a LAN endpoint does not speak to a WAN one.
+        let lan = start(&pki.issue_in(Role::Server, "dc1", "s2"));
+        let err = call_err(&lan, dc1.addr, Bytes::from_static(b"x")).await;
+        assert!(matches!(err, TransportError::Dial { .. }), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn oversized_frames_are_refused_by_the_sender() {
     bounded(async {
         let pki = Pki::new();

@@ -207,3 +207,85 @@ impl RpcHandler for RpcRouter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::forward::WireRequest;
+    use axum::routing::get;
+
+    fn server(dc: &str) -> PeerIdentity {
+        PeerIdentity {
+            role: membership::Role::Server,
+            dc: dc.into(),
+            node: "s".into(),
+        }
+    }
+
+    fn request(uri: &str) -> Bytes {
+        let wire = WireRequest {
+            method: "GET".into(),
+            uri: uri.into(),
+            headers: vec![],
+            body: vec![],
+            hops: 0,
+        };
+        frame(RpcKind::Http, &postcard::to_allocvec(&wire).unwrap())
+    }
+
+    /// A WAN router of dc1 whose HTTP API answers `/hops` with the hop count it sees.
+    fn wan_router() -> Arc<WanRpcRouter> {
+        let router = Arc::new(WanRpcRouter::new("dc1".into()));
+        router.set_http(axum::Router::new().route(
+            "/hops",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get(crate::http::forward::FORWARDED_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string()
+            }),
+        ));
+        router
+    }
+
+    #[tokio::test]
+    async fn the_wan_router_answers_forwarded_requests_for_its_datacenter_only() {
+        let router = wan_router();
+        let answer = router
+            .clone()
+            .handle(server("dc2"), request("/hops?dc=dc1"))
+            .await
+            .unwrap();
+        let answer: crate::http::forward::WireResponse = postcard::from_bytes(&answer).unwrap();
+        // Handled as if a client agent of ours had forwarded it: one hop.
+        assert_eq!((answer.status, answer.body.as_slice()), (200, b"1".as_slice()));
+
+        // A request naming a third datacenter does not cross the WAN again.
+        let err = router
+            .clone()
+            .handle(server("dc2"), request("/hops?dc=dc3"))
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("cross the WAN once"), "{}", err.0);
+
+        // Raft never crosses the WAN, even from a server of our own datacenter.
+        let err = router
+            .clone()
+            .handle(server("dc1"), frame(RpcKind::Raft, b"x"))
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("permission denied"), "{}", err.0);
+
+        // Nor does anything from a client certificate.
+        let client = PeerIdentity {
+            role: membership::Role::Client,
+            ..server("dc2")
+        };
+        let err = router
+            .handle(client, request("/hops"))
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("not a server"), "{}", err.0);
+    }
+}

@@ -12,47 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{AgentProcess, NodeSpec, Pki, eventually, get_json};
+use support::{AgentProcess, NodeSpec, Pki, dig, eventually, get_json, have_dig};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
-}
-
-/// Whether `dig` can be run. CI installs it and sets `AGENT_TEST_REQUIRE_DIG`, so there
-/// its absence fails the test instead of skipping the DNS checks.
-fn have_dig() -> bool {
-    let found = Command::new("dig")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("AGENT_TEST_REQUIRE_DIG").is_none(),
-            "dig is required (apt-get install dnsutils)"
-        );
-        eprintln!("dig not found: skipping the DNS checks (apt-get install dnsutils)");
-    }
-    found
-}
-
-/// `dig @server -p port name type +short`, one answer per line.
-fn dig(server: SocketAddr, name: &str, kind: &str) -> Vec<String> {
-    let output = Command::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), name, kind])
-        .args(["+short", "+time=2", "+tries=1"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "dig failed: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty() && !l.starts_with(';'))
-        .collect()
 }
 
 /// The service IDs that `/v1/health/service/<name>?passing` lists on `agent`, with the

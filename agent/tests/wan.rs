@@ -141,6 +141,13 @@ async fn two_datacenters_federate_and_answer_requests_for_each_other() {
     let (_, leader) = send(client.get(c1_agent.url("/v1/status/leader?dc=dc2"))).await;
     assert_eq!(leader, format!("\"{}\"", t1.lan));
 
+    // DNS names with a datacenter are answered from that datacenter's catalog.
+    if support::have_dig() {
+        let answers = support::dig(c1_agent.dns, "t1.node.dc2.consul", "A");
+        assert_eq!(answers, ["127.0.0.215"]);
+        assert!(support::dig(c1_agent.dns, "t1.node.consul", "A").is_empty());
+    }
+
     // A user event fired from dc1 for dc2 reaches dc2's agents, not dc1's.
     let fired = support::cli_with_stdin(
         &c1_agent.http.to_string(),

@@ -443,3 +443,40 @@ pub async fn put_text(
         .await
         .unwrap()
 }
+
+/// Whether `dig` can be run. CI installs it and sets `AGENT_TEST_REQUIRE_DIG`, so there
+/// its absence fails the test instead of skipping the DNS checks.
+pub fn have_dig() -> bool {
+    let found = Command::new("dig")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("AGENT_TEST_REQUIRE_DIG").is_none(),
+            "dig is required (apt-get install dnsutils)"
+        );
+        eprintln!("dig not found: skipping the DNS checks (apt-get install dnsutils)");
+    }
+    found
+}
+
+/// `dig @server -p port name type +short`, one answer per line.
+pub fn dig(server: SocketAddr, name: &str, kind: &str) -> Vec<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), name, kind])
+        .args(["+short", "+time=2", "+tries=1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dig failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .collect()
+}

@@ -259,7 +259,10 @@ mod tests {
             .unwrap();
         let answer: crate::http::forward::WireResponse = postcard::from_bytes(&answer).unwrap();
         // Handled as if a client agent of ours had forwarded it: one hop.
-        assert_eq!((answer.status, answer.body.as_slice()), (200, b"1".as_slice()));
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, b"1".as_slice())
+        );
 
         // A request naming a third datacenter does not cross the WAN again.
         let err = router
@@ -282,10 +285,7 @@ mod tests {
             role: membership::Role::Client,
             ..server("dc2")
         };
-        let err = router
-            .handle(client, request("/hops"))
-            .await
-            .unwrap_err();
+        let err = router.handle(client, request("/hops")).await.unwrap_err();
         assert!(err.0.contains("not a server"), "{}", err.0);
     }
 }

@@ -361,7 +361,11 @@ async fn the_wan_endpoint_admits_servers_of_every_datacenter_and_no_client() {
         let err = call_err(&dc1, client.addr, Bytes::from_static(b"x")).await;
         assert!(matches!(err, TransportError::Dial { .. }), "{err}");
         assert!(client.echo.callers().is_empty());
-        assert_eq!(dc1.echo.callers().len(), 1, "only the dc2 server got through");
+        assert_eq!(
+            dc1.echo.callers().len(),
+            1,
+            "only the dc2 server got through"
+        );
 
         // The pools are apart: a LAN endpoint does not speak to a WAN one.
         let lan = start(&pki.issue_in(Role::Server, "dc1", "s2"));

@@ -64,6 +64,9 @@ impl FromStr for Role {
     }
 }
 
+/// How often the WAN pool announces itself to members it considers down.
+pub const WAN_RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Which gossip pool a [`crate::Membership`] runs: it selects foca's presets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pool {
@@ -148,7 +151,8 @@ impl MembershipConfig {
     /// `4 × max(1, log10 n)` s, gossip every 200 ms to 3 members, announce to 1 member
     /// every 30 s and to 2 down members every 65 s. WAN: probe every 5 s with a 3 s
     /// round trip, suspect for `30 × max(1, log10 n)` s, gossip every 500 ms to 4,
-    /// announce to 2 every 60 s and to 3 down members every 125 s. Both send each update
+    /// announce to 2 every 60 s and to 3 down members every 30 s (foca: 125 s). Both send
+    /// each update
     /// `4 × log10(n + 1)` times and tell a member declared down about it.
     pub fn foca_preset(pool: Pool, cluster_size: u32) -> foca::Config {
         let size = NonZeroU32::new(cluster_size).unwrap_or(NonZeroU32::MIN);
@@ -159,6 +163,14 @@ impl MembershipConfig {
         config.max_packet_size =
             NonZeroUsize::new(MAX_PACKET_SIZE - 1).unwrap_or(NonZeroUsize::MIN);
         config.max_transmissions = max_transmissions(size);
+        if pool == Pool::Wan
+            && let Some(down) = config.periodic_announce_to_down_members.as_mut()
+        {
+            // Try the servers declared down every 30 s (Serf's WAN reconnect interval)
+            // rather than foca's 125 s, so datacenters find each other again soon after
+            // a long WAN partition heals.
+            down.frequency = WAN_RECONNECT_EVERY;
+        }
         config
     }
 
@@ -218,6 +230,12 @@ mod tests {
         let wan = MembershipConfig::wan("dc1", Role::Server);
         assert_eq!(wan.foca.probe_period, Duration::from_secs(5));
         assert_eq!(wan.foca.probe_rtt, Duration::from_secs(3));
+        assert_eq!(
+            wan.foca
+                .periodic_announce_to_down_members
+                .map(|p| p.frequency),
+            Some(WAN_RECONNECT_EVERY)
+        );
     }
 
     #[test]

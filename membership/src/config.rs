@@ -152,8 +152,7 @@ impl MembershipConfig {
     /// every 30 s and to 2 down members every 65 s. WAN: probe every 5 s with a 3 s
     /// round trip, suspect for `30 × max(1, log10 n)` s, gossip every 500 ms to 4,
     /// announce to 2 every 60 s and to 3 down members every 30 s (foca: 125 s). Both send
-    /// each update
-    /// `4 × log10(n + 1)` times and tell a member declared down about it.
+    /// each update [`max_transmissions`] times and tell a member declared down about it.
     pub fn foca_preset(pool: Pool, cluster_size: u32) -> foca::Config {
         let size = NonZeroU32::new(cluster_size).unwrap_or(NonZeroU32::MIN);
         let mut config = match pool {

@@ -318,6 +318,9 @@ pub struct KvArgs {
     /// Where the agent listens.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Read and write the KV store of this datacenter instead of the agent's own.
+    #[arg(long, value_name = "DC", global = true)]
+    pub dc: Option<String>,
     /// The KV operation.
     #[command(subcommand)]
     pub command: KvCommand,

@@ -137,6 +137,8 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// The datacenter KV requests name (`?dc=`), when not the agent's own.
+    dc: Option<String>,
 }
 
 impl ApiClient {
@@ -154,15 +156,32 @@ impl ApiClient {
                 addr: base.clone(),
                 source,
             })?;
-        Ok(ApiClient { base, http })
+        Ok(ApiClient {
+            base,
+            http,
+            dc: None,
+        })
+    }
+
+    /// The same client, its KV requests sent to datacenter `dc` (`?dc=`) when given.
+    pub fn in_datacenter(mut self, dc: Option<String>) -> ApiClient {
+        self.dc = dc.filter(|dc| !dc.is_empty());
+        self
     }
 
     /// The URL of a KV key.
     fn kv_url(&self, key: &str, query: &str) -> String {
         let mut url = format!("{}/v1/kv/{}", self.base, encode_key(key));
+        let mut separator = '?';
         if !query.is_empty() {
-            url.push('?');
+            url.push(separator);
             url.push_str(query);
+            separator = '&';
+        }
+        if let Some(dc) = &self.dc {
+            url.push(separator);
+            url.push_str("dc=");
+            url.push_str(&encode_component(dc));
         }
         url
     }
@@ -415,6 +434,21 @@ mod tests {
         assert_eq!(
             encode_component("^web$|a+b&c=d?#"),
             "%5Eweb%24%7Ca%2Bb%26c%3Dd%3F%23"
+        );
+    }
+
+    #[test]
+    fn kv_urls_name_the_datacenter_when_one_is_chosen() {
+        let client = ApiClient::new("127.0.0.1:8500").unwrap();
+        assert_eq!(client.kv_url("a", ""), "http://127.0.0.1:8500/v1/kv/a");
+        let client = client.in_datacenter(Some("dc 2".into()));
+        assert_eq!(
+            client.kv_url("a", ""),
+            "http://127.0.0.1:8500/v1/kv/a?dc=dc%202"
+        );
+        assert_eq!(
+            client.kv_url("a", "recurse"),
+            "http://127.0.0.1:8500/v1/kv/a?recurse&dc=dc%202"
         );
     }
 

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                 agent::run::run(config, shutdown).await
             }
             Command::Kv(args) => {
-                let client = ApiClient::new(&args.http.http_addr)?;
+                let client = ApiClient::new(&args.http.http_addr)?.in_datacenter(args.dc);
                 let stdin = &mut std::io::stdin().lock();
                 Ok(commands::kv::run(&client, args.command, stdin, stdout).await?)
             }

@@ -105,6 +105,13 @@ async fn two_datacenters_federate_and_answer_requests_for_each_other() {
     assert_eq!((status, body.as_str()), (200, "in dc2"));
     let (status, _) = send(client.get(c1_agent.url("/v1/kv/app/where?raw"))).await;
     assert_eq!(status, 404, "the key must be absent from dc1");
+    // The CLI names a datacenter too.
+    let got = support::cli_with_stdin(
+        &c1_agent.http.to_string(),
+        &["kv", "get", "--dc", "dc2", "app/where"],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "in dc2\n");
     // From a follower server of dc1, and a consistent read, and dc2 asking dc1.
     let (status, body) =
         send(client.get(others[0].url("/v1/kv/app/where?raw&consistent&dc=dc2"))).await;

@@ -397,6 +397,12 @@ async fn wan_delay_loss_and_partition_between_datacenter_namespaces() {
         "local KV failed during the partition"
     );
     assert_eq!(status, 500, "a ?dc=dc2 write during the partition: {body}");
+    // It was sent on a live connection before the partition was noticed: the answer
+    // must not claim that it failed, since it may yet be applied (see below).
+    assert!(
+        body.contains("may or may not have been applied"),
+        "a write that reached the WAN must be reported as possibly applied: {body}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "the ?dc=dc2 write took {took:?} to fail"

@@ -74,6 +74,9 @@ pub const SERVER_PENALTY: Duration = Duration::from_secs(30);
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_millis(800);
 
+/// Said of a write that reached a server which did not answer.
+const MAYBE_APPLIED: &str = "; the request may or may not have been applied";
+
 /// Headers of a request worth carrying (the rest are connection details).
 const CARRIED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", REQUEST_ID_HEADER];
 
@@ -252,6 +255,16 @@ async fn forward_held(
     let mut avoid = HashSet::new();
     // Why the last attempt failed: the answer if no server is left to try.
     let mut failure: Option<ApiError> = None;
+    // Whether a write reached a server that did not answer: it may have been applied
+    // (once only, by its id), and every way this ends in an error must say so.
+    let mut maybe_applied = false;
+    let give_up = |error: ApiError, maybe_applied: bool| {
+        if maybe_applied {
+            ApiError::new(error.status, format!("{}{MAYBE_APPLIED}", error.message))
+        } else {
+            error
+        }
+    };
     let mut route = first;
     let mut pause = FIRST_PAUSE;
     loop {
@@ -260,8 +273,10 @@ async fn forward_held(
         match route {
             // This server became the leader while the request waited.
             Route::Local => return Ok(run_here(rebuild()?, next).await),
-            Route::Refuse(error) => return Err(failure.unwrap_or(error)),
-            Route::Wait(error) if last_chance => return Err(error),
+            Route::Refuse(error) => return Err(give_up(failure.unwrap_or(error), maybe_applied)),
+            Route::Wait(error) if last_chance => {
+                return Err(give_up(failure.unwrap_or(error), maybe_applied));
+            }
             Route::Wait(_) => {
                 tokio::time::sleep(pause.min(HOLD_TIMEOUT - held)).await;
                 pause = (pause * 2).min(MAX_PAUSE);
@@ -292,19 +307,13 @@ async fn forward_held(
                                 | TransportError::DialTimeout { .. }
                                 | TransportError::Backoff { .. }
                         );
+                        maybe_applied |= !(unsent || is_read);
+                        let error = ApiError::internal(format!("forwarding to {addr}: {error}"));
                         if last_chance || !(unsent || is_read || once) {
-                            let outcome = if unsent || is_read {
-                                ""
-                            } else {
-                                "; the request may or may not have been applied"
-                            };
-                            return Err(ApiError::internal(format!(
-                                "forwarding to {addr}: {error}{outcome}"
-                            )));
+                            return Err(give_up(error, maybe_applied));
                         }
-                        tracing::debug!(%addr, "forwarded request failed, trying again: {error}");
-                        failure =
-                            Some(ApiError::internal(format!("forwarding to {addr}: {error}")));
+                        tracing::debug!(%addr, "forwarded request failed, trying again: {}", error.message);
+                        failure = Some(error);
                         avoid.insert(addr);
                     }
                 }

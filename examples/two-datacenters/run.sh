@@ -95,17 +95,25 @@ has_leader() {
   leader=$(curl -s --max-time 2 "http://$1:8500/v1/status/leader" || true)
   [ -n "$leader" ] && [ "$leader" != '""' ]
 }
+# The alive members of the WAN pool as the server at $1 sees it, on one line.
 wan_alive() {
-  AGENT_HTTP_ADDR="$s1:8500" "$AGENT" members --wan --status alive 2>/dev/null |
+  AGENT_HTTP_ADDR="$1:8500" "$AGENT" members --wan --status alive 2>/dev/null |
     awk 'NR > 1 { print $1 }' | sort | tr '\n' ' '
 }
-wan_complete() { [ "$(wan_alive)" = "s1.dc1 s2.dc1 s3.dc1 t1.dc2 " ]; }
+# Every server sees the four servers: c1 forwards a ?dc=dc2 request to any dc1 server,
+# and each of them needs a path to dc2.
+wan_complete() {
+  local ip
+  for ip in "$s1" "127.0.0.$((BASE + 1))" "127.0.0.$((BASE + 2))" "$t1"; do
+    [ "$(wan_alive "$ip")" = "s1.dc1 s2.dc1 s3.dc1 t1.dc2 " ] || return 1
+  done
+}
 datacenters() { curl -s --max-time 2 "http://$c1:8500/v1/catalog/datacenters" || true; }
 both_datacenters() { [ "$(datacenters)" = '["dc1","dc2"]' ]; }
 
 wait_for "a leader in dc1" has_leader "$s1"
 wait_for "a leader in dc2" has_leader "$t1"
-wait_for "the four servers in the WAN pool" wan_complete
+wait_for "every server to see the four servers in the WAN pool" wan_complete
 wait_for "dc1's client agent to list both datacenters" both_datacenters
 echo
 echo "\$ AGENT_HTTP_ADDR=$s1:8500 agent members --wan"

@@ -229,3 +229,91 @@ fn python_client_example_passes_with_py_consul() {
         agent.log_text()
     );
 }
+
+/// Two federated datacenters: a key and an event sent through dc1's client agent with
+/// `?dc=dc2` / `--dc dc2` land in dc2 only.
+#[test]
+fn two_datacenters_answer_requests_for_each_other() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/two-datacenters/run.sh"
+    );
+    let started = Instant::now();
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("AGENT", support::agent_bin())
+        .env("BASE", "71")
+        .env_remove("KEEP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // The script's trap stops its agents.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            panic!("the script did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = reader.join().unwrap();
+    let all = output.join("\n");
+    eprintln!("two-datacenters ran for {:?}", started.elapsed());
+    assert!(status.success(), "output:\n{all}");
+    for want in [
+        "datacenters: [\"dc1\",\"dc2\"]",
+        "write to dc2 via dc1 client: true",
+        "dc2 via dc1 client: blue",
+        "dc2 on its own server: blue",
+        "dc1 has app/color: no (HTTP 404)",
+        "deploy events in dc2: 1",
+        "deploy events in dc1: 0",
+        "Stopped.",
+    ] {
+        assert!(
+            output.iter().any(|l| l == want),
+            "{want} missing; output:\n{all}"
+        );
+    }
+    // The WAN pool as `agent members --wan` prints it: the four servers, alive.
+    let wan: Vec<(&str, &str)> = output
+        .iter()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 5 && fields[2] == "alive" && fields[3] == "server")
+                .then(|| (fields[0], fields[4]))
+        })
+        .collect();
+    assert_eq!(
+        wan,
+        [
+            ("s1.dc1", "dc1"),
+            ("s2.dc1", "dc1"),
+            ("s3.dc1", "dc1"),
+            ("t1.dc2", "dc2")
+        ],
+        "output:\n{all}"
+    );
+    assert!(output.iter().any(|l| l.starts_with("Event ID: ")), "{all}");
+    for last in 71..=75 {
+        let addr = format!("127.0.0.{last}:8500");
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "an agent still answers on {addr}"
+        );
+    }
+}

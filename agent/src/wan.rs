@@ -177,16 +177,12 @@ impl WanEndpoint {
 }
 
 /// Joins, on the WAN, the servers of datacenter `dc` that the LAN pool knows and the WAN
-/// pool lacks, every [`FLOOD_EVERY`], until `shutdown`.
+/// pool lacks: whenever the LAN members change, and at least every [`FLOOD_EVERY`], until
+/// `shutdown`.
 pub async fn flood_joins(lan: Gossip, wan: Wan, dc: String, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(FLOOD_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for addr in missing_from_wan(&lan.members(), &wan.gossip.members(), &dc) {
+        let view = lan.member_view();
+        for addr in missing_from_wan(&view.members, &wan.gossip.members(), &dc) {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 joined = wan.gossip.join(addr) => match joined {
@@ -194,6 +190,10 @@ pub async fn flood_joins(lan: Gossip, wan: Wan, dc: String, shutdown: Cancellati
                     Err(e) => tracing::debug!(%addr, "WAN flood join failed: {e}"),
                 },
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = lan.wait_members(view.index, FLOOD_EVERY) => {}
         }
     }
 }

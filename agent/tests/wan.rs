@@ -68,7 +68,7 @@ async fn two_datacenters_federate_and_answer_requests_for_each_other() {
 
     // Every server is in the WAN pool, as <node>.<dc>, though only t1 and s1 met.
     let wan = ["s1.dc1", "s2.dc1", "s3.dc1", "t1.dc2"];
-    for agent in [&s1_agent, &others[1], &t1_agent] {
+    for agent in [&s1_agent, &others[0], &others[1], &t1_agent] {
         eventually(
             "every server in the WAN pool",
             Duration::from_secs(30),

@@ -134,41 +134,7 @@ fn status_leader(addr: &str) -> String {
 
 #[test]
 fn deploy_events_reach_every_host_handler() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/deploy-events/run.sh"
-    );
-    let mut child = Command::new("bash")
-        .arg(script)
-        .env("AGENT", support::agent_bin())
-        .env("BASE", "51")
-        .env_remove("KEEP")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-            panic!("the script did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = reader.join().unwrap();
+    let (status, output) = run_example("deploy-events", "51", Duration::from_secs(90));
     assert!(status.success(), "output:\n{}", output.join("\n"));
     for host in 1..=4 {
         let want = format!("host-{host}: v42");
@@ -234,43 +200,8 @@ fn python_client_example_passes_with_py_consul() {
 /// `?dc=dc2` / `--dc dc2` land in dc2 only.
 #[test]
 fn two_datacenters_answer_requests_for_each_other() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/two-datacenters/run.sh"
-    );
     let started = Instant::now();
-    let mut child = Command::new("bash")
-        .arg(script)
-        .env("AGENT", support::agent_bin())
-        .env("BASE", "71")
-        .env_remove("KEEP")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // The script's trap stops its agents.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-            panic!("the script did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = reader.join().unwrap();
+    let (status, output) = run_example("two-datacenters", "71", Duration::from_secs(120));
     let all = output.join("\n");
     eprintln!("two-datacenters ran for {:?}", started.elapsed());
     assert!(status.success(), "output:\n{all}");
@@ -316,4 +247,42 @@ fn two_datacenters_answer_requests_for_each_other() {
             "an agent still answers on {addr}"
         );
     }
+}
+
+/// Runs `examples/<name>/run.sh` (without `KEEP`) with the built agent on 127.0.0.<base>
+/// onwards until it exits, stopping it (its trap stops its agents) if it runs longer than
+/// `limit`. Returns its exit status and its output lines.
+fn run_example(name: &str, base: &str, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
+    let script = format!("{}/../examples/{name}/run.sh", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("AGENT", support::agent_bin())
+        .env("BASE", base)
+        .env_remove("KEEP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            panic!("examples/{name}/run.sh did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status, reader.join().unwrap())
 }

@@ -250,13 +250,17 @@ impl Cluster {
         }
     }
 
-    /// The agent's version, as `agent --version` prints it.
+    /// The agent's version, from `agent --version` (`agent 0.1.0` → `0.1.0`).
     pub fn agent_version(&self) -> String {
         Command::new(&self.agent)
             .arg("--version")
             .output()
             .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .map(|out| {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let text = text.trim();
+                text.strip_prefix("agent ").unwrap_or(text).to_string()
+            })
             .unwrap_or_else(|| "unknown".into())
     }
 }

@@ -1,4 +1,5 @@
-//! Agent processes for a benchmark: certificates, start, kill, and clean-up.
+//! Agent processes for a benchmark (and any other program it compares them with, such
+//! as etcd): certificates, start, kill, and clean-up.
 //!
 //! Every process started here is killed when the [`Cluster`] is dropped, and a Ctrl-C
 //! handler drops it too, so nothing outlives the benchmark.
@@ -97,6 +98,9 @@ pub struct Cluster {
     agent: PathBuf,
     /// The agents, in start order.
     pub agents: Vec<AgentProc>,
+    /// Other processes sharing the directory (the etcd members of `bench kv`), stopped
+    /// with the agents.
+    others: Vec<Child>,
     dir: tempfile::TempDir,
 }
 
@@ -117,8 +121,14 @@ impl Cluster {
         Ok(Cluster {
             agent,
             agents: Vec::new(),
+            others: Vec::new(),
             dir,
         })
+    }
+
+    /// The temporary directory holding the certificates, logs and data.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Starts a client agent named `node` on `ip`, joining `join` if given.
@@ -128,11 +138,38 @@ impl Cluster {
         ip: IpAddr,
         join: Option<SocketAddr>,
     ) -> anyhow::Result<()> {
+        self.start(node, ip, join, None)
+    }
+
+    /// Starts a server agent named `node` on `ip` that waits for `expect` servers before
+    /// electing a leader, joining `join` if given.
+    pub fn start_server(
+        &mut self,
+        node: &str,
+        ip: IpAddr,
+        join: Option<SocketAddr>,
+        expect: u32,
+    ) -> anyhow::Result<()> {
+        self.start(node, ip, join, Some(expect))
+    }
+
+    /// Starts an agent: a server expecting `expect` servers, or a client if `None`. Its
+    /// endpoints are the agent's default ports on `ip`.
+    fn start(
+        &mut self,
+        node: &str,
+        ip: IpAddr,
+        join: Option<SocketAddr>,
+        expect: Option<u32>,
+    ) -> anyhow::Result<()> {
         let certs = self.dir.path().join("certs");
+        let role = if expect.is_some() {
+            "--server"
+        } else {
+            "--client"
+        };
         let out = Command::new(&self.agent)
-            .args([
-                "tls", "cert", "create", "--client", "--dc", "dc1", "--node", node,
-            ])
+            .args(["tls", "cert", "create", role, "--dc", "dc1", "--node", node])
             .args(["--out", node, "--dir"])
             .arg(&certs)
             .output()?;
@@ -166,6 +203,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
+        if let Some(expect) = expect {
+            command
+                .arg("--server")
+                .arg("--bootstrap-expect")
+                .arg(expect.to_string());
+        }
         if let Some(seed) = join {
             command.arg("--join").arg(seed.to_string());
         }
@@ -180,14 +223,52 @@ impl Cluster {
         });
         Ok(())
     }
+
+    /// Starts another program (an etcd member) whose output goes to `<dir>/<name>.log`,
+    /// stopped like the agents; returns the log's path.
+    pub fn start_other(&mut self, name: &str, mut command: Command) -> anyhow::Result<PathBuf> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.others.push(child);
+        Ok(log)
+    }
+
+    /// SIGKILL and reap every process.
+    fn kill_all(&mut self) {
+        for agent in &mut self.agents {
+            agent.kill9();
+        }
+        for mut child in self.others.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's version, from `agent --version` (`agent 0.1.0` → `0.1.0`).
+    pub fn agent_version(&self) -> String {
+        Command::new(&self.agent)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|out| {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let text = text.trim();
+                text.strip_prefix("agent ").unwrap_or(text).to_string()
+            })
+            .unwrap_or_else(|| "unknown".into())
+    }
 }
 
 impl Cluster {
     /// Stops every agent and keeps the directory (logs, data) instead of removing it.
     pub fn keep(&mut self) -> anyhow::Result<PathBuf> {
-        for agent in &mut self.agents {
-            agent.kill9();
-        }
+        self.kill_all();
         let dir = std::mem::replace(
             &mut self.dir,
             tempfile::Builder::new().prefix("bench-").tempdir()?,
@@ -198,8 +279,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for agent in &mut self.agents {
-            agent.kill9();
-        }
+        self.kill_all();
     }
+}
+
+/// Replaces the progress line on stderr (an empty text clears it).
+pub fn progress(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    let _ = write!(err, "\r\x1b[2K{text}");
+    let _ = err.flush();
 }

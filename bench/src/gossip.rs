@@ -6,14 +6,13 @@
 //! every agent (each agent's `/v1/event/stream` reports when it got it); resident memory
 //! per agent.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
 
-use crate::cluster::{AgentProc, Cluster, agent_binary};
+use crate::cluster::{AgentProc, Cluster, agent_binary, progress};
 
 /// Flags of `bench gossip`.
 #[derive(Debug, Args)]
@@ -320,12 +319,6 @@ fn median_max(mut values: Vec<u64>) -> (u64, u64) {
     values.sort_unstable();
     let median = values.get(values.len() / 2).copied().unwrap_or(0);
     (median, values.last().copied().unwrap_or(0))
-}
-
-fn progress(text: &str) {
-    let mut err = std::io::stderr();
-    let _ = write!(err, "\r\x1b[2K{text}");
-    let _ = err.flush();
 }
 
 #[cfg(test)]

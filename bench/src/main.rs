@@ -3,9 +3,14 @@
 //!
 //! - `bench gossip --agents N`: convergence, failure detection, false alarms and memory
 //!   of N agent processes.
+//! - `bench kv --against etcd`: the key/value store of 3 agent servers against a
+//!   3-member etcd cluster: writes, reads, watch fan-out.
 
 mod cluster;
+mod etcd;
 mod gossip;
+mod kv;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -24,6 +29,9 @@ enum Command {
     /// N agent processes on 127.0.1.x: time to converge, to detect a kill -9, false
     /// alarms, memory.
     Gossip(gossip::GossipArgs),
+    /// 3 agent servers on 127.0.0.221-223 against 3 etcd members on 127.0.0.231-233:
+    /// sequential and concurrent writes, linearizable and stale reads, watch fan-out.
+    Kv(kv::KvArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +46,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Gossip(args) => gossip::run(args).await,
+            Command::Kv(args) => kv::run(args).await,
         }
     });
     match result {

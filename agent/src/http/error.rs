@@ -10,7 +10,14 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The plain-text reason sent as the body.
     pub message: String,
+    /// This server found it does not lead (any more): a read may be asked elsewhere.
+    pub not_leader: bool,
 }
+
+/// Marks a response given because this server does not lead (see
+/// [`ApiError::not_leader`]), for the forwarding middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct NotLeader;
 
 impl ApiError {
     /// An error with a status and a reason.
@@ -18,6 +25,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            not_leader: false,
         }
     }
 
@@ -30,16 +38,28 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
+
+    /// 500 from a server that found it does not lead (any more).
+    pub fn not_leader(message: impl Into<String>) -> ApiError {
+        ApiError {
+            not_leader: true,
+            ..ApiError::internal(message)
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             self.message,
         )
-            .into_response()
+            .into_response();
+        if self.not_leader {
+            response.extensions_mut().insert(NotLeader);
+        }
+        response
     }
 }
 

@@ -38,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use super::error::{ApiError, NotLeader};
 use super::params::Params;
 use super::{ApiState, read_body};
 use crate::rpc::{RpcKind, frame};
@@ -198,6 +198,32 @@ async fn dispatch(state: &ApiState, target: Target, request: Request, next: Next
     let stale = params.flag("stale");
     let first = route_for(state, &target, is_read && stale, hops, &HashSet::new());
     match first {
+        // A read this server answers as the leader may find, when it confirms its
+        // leadership, that it was deposed (say it was paused while another took over):
+        // it is then asked of the new leader, like a read that came to a follower.
+        Route::Local if is_read && !stale && target == Target::Leader => {
+            let (parts, body) = request.into_parts();
+            let again = Request::from_parts(parts.clone(), Body::empty());
+            let response = run_here(Request::from_parts(parts, body), next.clone()).await;
+            if response.extensions().get::<NotLeader>().is_none() {
+                return response;
+            }
+            // The leadership metrics may not show the change yet: wait for them (within
+            // the hold) rather than answer here again.
+            let until = tokio::time::Instant::now() + HOLD_TIMEOUT;
+            let route = loop {
+                match route_for(state, &target, false, hops, &HashSet::new()) {
+                    Route::Local if tokio::time::Instant::now() < until => {
+                        tokio::time::sleep(FIRST_PAUSE).await;
+                    }
+                    route => break route,
+                }
+            };
+            match forward_held(state, target, again, next, route, hops).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            }
+        }
         Route::Local => run_here(request, next).await,
         first => match forward_held(state, target, request, next, first, hops).await {
             Ok(response) => response,

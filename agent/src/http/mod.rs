@@ -362,22 +362,19 @@ fn read_headers(raft: &Raft, index: u64) -> HeaderMap {
 }
 
 /// Makes sure a read in `mode` may be answered from this server's state.
+///
+/// The default mode is confirmed like `?consistent` (a heartbeat round to a quorum,
+/// shared by the reads that arrive together), not by the leader's belief alone: a
+/// leader that was paused (or cut off) while the others elected a new one and took
+/// writes still believes it leads when it wakes, and the reads queued in its sockets
+/// would get its old state. Only `?stale` reads answer without asking anyone.
 async fn prepare_read(raft: &Raft, mode: Consistency) -> Result<(), ApiError> {
     match mode {
         Consistency::Stale => Ok(()),
-        Consistency::Default => {
-            if raft.is_leader() {
-                Ok(())
-            } else {
-                Err(not_leader(raft))
-            }
+        Consistency::Default | Consistency::Consistent => {
+            raft.ensure_linearizable().await.map_err(read_error)
         }
-        Consistency::Consistent => raft.ensure_linearizable().await.map_err(read_error),
     }
-}
-
-fn not_leader(raft: &Raft) -> ApiError {
-    leader_elsewhere(raft.leader().map(|(_, node)| node))
 }
 
 tokio::task_local! {
@@ -438,8 +435,8 @@ fn read_error(error: ReadError) -> ApiError {
 /// The answer while requests cannot be forwarded to the leader on another server.
 fn leader_elsewhere(leader: Option<consensus::ServerNode>) -> ApiError {
     match leader {
-        None => ApiError::internal("No cluster leader"),
-        Some(node) => ApiError::internal(format!(
+        None => ApiError::not_leader("No cluster leader"),
+        Some(node) => ApiError::not_leader(format!(
             "this server is not the leader; the leader is {} ({})",
             node.name, node.addr
         )),

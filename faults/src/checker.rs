@@ -147,6 +147,10 @@ pub struct Violation {
     /// invoked up to the operation's completion: the size of the smallest
     /// prefix that has no linearization.
     pub prefix_len: usize,
+    /// When the operation had to take effect by (ns since the start): its
+    /// completion, or for an unknown mutation whose value was observed, the
+    /// completion of the first operation observing it.
+    pub deadline: u64,
     /// A readable explanation (one paragraph; [`fmt::Display`] adds the
     /// operations around it).
     pub explanation: String,
@@ -344,27 +348,85 @@ struct SOp<'a> {
     ret: Option<u64>,
 }
 
-fn prepare<'a>(ops: &[&'a Op], interner: &mut Interner) -> Vec<SOp<'a>> {
+/// Prepares a key's operations for the search, sorted by call time.
+///
+/// Failed operations and unknown reads are dropped. An unknown mutation
+/// whose value was observed (read, or expected by a swapping CAS), if it is
+/// the only operation that may write that value, certainly took effect
+/// before the first observation completed: it becomes required with that
+/// completion as its return (an unknown CAS so observed swapped). With
+/// `drop_unobserved`, the other unknown mutations are left out: a
+/// linearization without them is one with them never applied, so a
+/// linearizable result is final (a violation must be confirmed with them).
+fn prepare<'a>(ops: &[&'a Op], interner: &mut Interner, drop_unobserved: bool) -> Vec<SOp<'a>> {
+    // Per value: how many operations may write it, and the earliest
+    // completion of an operation observing it.
+    let mut writers: HashMap<&str, usize> = HashMap::new();
+    let mut first_observed: HashMap<&str, u64> = HashMap::new();
+    for op in ops {
+        let written = match (&op.kind, &op.outcome) {
+            (_, Outcome::Fail) | (OpKind::Cas { .. }, Outcome::Ok(Ret::Cas(false))) => None,
+            (OpKind::Write { value }, _) => Some(value),
+            (OpKind::Cas { new, .. }, _) => Some(new),
+            (OpKind::Read { .. }, _) => None,
+        };
+        if let Some(v) = written {
+            *writers.entry(v).or_default() += 1;
+        }
+        let observed = match (&op.kind, &op.outcome) {
+            (OpKind::Read { .. }, Outcome::Ok(Ret::Read(Some(v)))) => Some(v),
+            (
+                OpKind::Cas {
+                    expected: Some(v), ..
+                },
+                Outcome::Ok(Ret::Cas(true)),
+            ) => Some(v),
+            _ => None,
+        };
+        if let (Some(v), Some(c)) = (observed, op.complete) {
+            let t = first_observed.entry(v).or_insert(c);
+            *t = (*t).min(c);
+        }
+    }
+    // For an unknown mutation of `value`: Some(deadline) when it must have
+    // taken effect by then, None when it is unobserved.
+    let observed_by = |op: &Op, value: &str| -> Option<Option<u64>> {
+        match first_observed.get(value) {
+            Some(&t) if writers.get(value) == Some(&1) && t >= op.invoke => Some(Some(t)),
+            Some(_) => Some(None),
+            None => None,
+        }
+    };
     let mut out = Vec::with_capacity(ops.len());
     for &op in ops {
-        let (step, required) = match (&op.kind, &op.outcome) {
+        let (step, ret) = match (&op.kind, &op.outcome) {
             (_, Outcome::Fail) | (OpKind::Read { .. }, Outcome::Unknown) => continue,
             (OpKind::Read { .. }, Outcome::Ok(Ret::Read(v))) => {
-                (Step::Read(interner.intern(v.as_deref())), true)
+                (Step::Read(interner.intern(v.as_deref())), op.complete)
             }
             (OpKind::Write { value }, Outcome::Ok(_)) => {
-                (Step::Write(interner.intern(Some(value))), true)
+                (Step::Write(interner.intern(Some(value))), op.complete)
             }
             (OpKind::Write { value }, Outcome::Unknown) => {
-                (Step::Write(interner.intern(Some(value))), false)
+                let ret = match observed_by(op, value) {
+                    None if drop_unobserved => continue,
+                    None => None,
+                    Some(deadline) => deadline,
+                };
+                (Step::Write(interner.intern(Some(value))), ret)
             }
             (OpKind::Cas { expected, new }, outcome) => {
                 let exp = interner.intern(expected.as_deref());
-                let new = interner.intern(Some(new));
+                let new_id = interner.intern(Some(new));
                 match outcome {
-                    Outcome::Ok(Ret::Cas(true)) => (Step::Swap { exp, new }, true),
-                    Outcome::Ok(_) => (Step::NoSwap(exp), true),
-                    _ => (Step::MaybeSwap { exp, new }, false),
+                    Outcome::Ok(Ret::Cas(true)) => (Step::Swap { exp, new: new_id }, op.complete),
+                    Outcome::Ok(_) => (Step::NoSwap(exp), op.complete),
+                    _ => match observed_by(op, new) {
+                        None if drop_unobserved => continue,
+                        None => (Step::MaybeSwap { exp, new: new_id }, None),
+                        Some(None) => (Step::MaybeSwap { exp, new: new_id }, None),
+                        Some(Some(t)) => (Step::Swap { exp, new: new_id }, Some(t)),
+                    },
                 }
             }
             // Validated histories have no other combination.
@@ -373,29 +435,57 @@ fn prepare<'a>(ops: &[&'a Op], interner: &mut Interner) -> Vec<SOp<'a>> {
         out.push(SOp {
             op,
             step,
-            required,
+            required: ret.is_some(),
             call: op.invoke,
-            ret: if required { op.complete } else { None },
+            ret,
         });
     }
     out.sort_by_key(|o| (o.call, o.ret.is_none(), o.ret));
     out
 }
 
-/// Splits operations sorted by call time at quiescent points.
-fn segments<'s, 'a>(ops: &'s [SOp<'a>]) -> Vec<&'s [SOp<'a>]> {
+/// A segment of a key's history and the register's value at its end (if
+/// it is linearizable).
+struct Segment<'s, 'a> {
+    ops: &'s [SOp<'a>],
+    /// The value its last mutation leaves; `None`: it has no mutation (the
+    /// value passes through).
+    end: Option<u32>,
+}
+
+/// Splits operations sorted by call time at quiescent points where the
+/// register's value is determined: every operation before the cut completed
+/// before every operation after it, and only one mutation of the segment
+/// may be its last (none started after it completed).
+fn segments<'s, 'a>(ops: &'s [SOp<'a>]) -> Vec<Segment<'s, 'a>> {
     let mut segs = Vec::new();
     let mut start = 0;
     let mut max_ret = 0u64;
+    // Mutations of the current segment that no later mutation started after.
+    let mut last_mutations: Vec<(u64, u32)> = Vec::new();
     for (i, o) in ops.iter().enumerate() {
-        if i > start && o.call > max_ret {
-            segs.push(&ops[start..i]);
+        if i > start && o.call > max_ret && last_mutations.len() <= 1 {
+            segs.push(Segment {
+                ops: &ops[start..i],
+                end: last_mutations.first().map(|m| m.1),
+            });
             start = i;
+            last_mutations.clear();
         }
         max_ret = max_ret.max(o.ret.unwrap_or(u64::MAX));
+        if let Some(v) = o.step.written() {
+            last_mutations.retain(|m| m.0 >= o.call);
+            last_mutations.push((o.ret.unwrap_or(u64::MAX), v));
+        } else if matches!(o.step, Step::MaybeSwap { .. }) {
+            // Never cut after it (its return is infinite anyway).
+            last_mutations.push((u64::MAX, 0));
+        }
     }
     if start < ops.len() {
-        segs.push(&ops[start..]);
+        segs.push(Segment {
+            ops: &ops[start..],
+            end: None,
+        });
     }
     segs
 }
@@ -417,18 +507,52 @@ struct Memo {
     rest: Box<[u64]>,
 }
 
-impl Memo {
-    fn new(words: &[u64], state: u32) -> Self {
-        let full = words.iter().take_while(|&&w| w == u64::MAX).count();
-        let end = words.iter().rposition(|&w| w != 0).map_or(0, |p| p + 1);
-        let rest = if end > full {
-            words[full..end].into()
+/// The set of linearized operations, tracking its leading full words and
+/// an upper bound of its last non-zero word, for cheap memo keys.
+struct Bits {
+    words: Vec<u64>,
+    /// Index of the first word that is not all ones.
+    lo: usize,
+    /// One past the highest word ever set.
+    hi: usize,
+}
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits {
+            words: vec![0; n.div_ceil(64)],
+            lo: 0,
+            hi: 0,
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        let w = i / 64;
+        self.words[w] |= 1 << (i % 64);
+        self.hi = self.hi.max(w + 1);
+        while self.lo < self.words.len() && self.words[self.lo] == u64::MAX {
+            self.lo += 1;
+        }
+    }
+
+    fn clear(&mut self, i: usize) {
+        let w = i / 64;
+        self.words[w] &= !(1 << (i % 64));
+        self.lo = self.lo.min(w);
+    }
+
+    fn memo(&mut self, state: u32) -> Memo {
+        while self.hi > self.lo && self.words[self.hi - 1] == 0 {
+            self.hi -= 1;
+        }
+        let rest = if self.hi > self.lo {
+            self.words[self.lo..self.hi].into()
         } else {
             Box::default()
         };
         Memo {
             state,
-            full: u32::try_from(full).unwrap_or(u32::MAX),
+            full: u32::try_from(self.lo).unwrap_or(u32::MAX),
             rest,
         }
     }
@@ -440,11 +564,7 @@ enum SearchResult {
     /// None exists. `op`: the operation whose return is the furthest entry
     /// at which the search had to backtrack; `states`: the register states
     /// there.
-    Stuck {
-        pos: usize,
-        op: usize,
-        states: BTreeSet<u32>,
-    },
+    Stuck { op: usize, states: BTreeSet<u32> },
     /// The budget ran out.
     Budget,
 }
@@ -454,35 +574,29 @@ struct Budget {
     max: u64,
 }
 
-/// One search of a segment (plus an optional virtual final read) from one
-/// initial state.
-fn search(
-    ops: &[SOp<'_>],
-    init: u32,
-    final_read: Option<u32>,
-    budget: &mut Budget,
-) -> SearchResult {
-    let mut steps: Vec<(Step, bool)> = ops.iter().map(|o| (o.step, o.required)).collect();
-    // (infinite, time, is_return, op) orders calls before returns at equal times.
-    let mut keys: Vec<(bool, u64, bool, usize)> = Vec::with_capacity(2 * ops.len() + 2);
+/// One search of a segment from an initial state.
+fn search(ops: &[SOp<'_>], init: u32, budget: &mut Budget) -> SearchResult {
+    // (infinite, time, is_return, is_deadline, op) orders calls before
+    // returns at equal times, and the deadlines of observed unknown
+    // mutations after true returns (so that an observer is reported rather
+    // than the unknown mutation it observed).
+    let mut keys: Vec<(bool, u64, bool, bool, usize)> = Vec::with_capacity(2 * ops.len());
     for (i, o) in ops.iter().enumerate() {
-        keys.push((false, o.call, false, i));
-        keys.push((o.ret.is_none(), o.ret.unwrap_or(u64::MAX), true, i));
+        keys.push((false, o.call, false, false, i));
+        let deadline = !o.op.outcome.is_ok();
+        keys.push((
+            o.ret.is_none(),
+            o.ret.unwrap_or(u64::MAX),
+            true,
+            deadline,
+            i,
+        ));
     }
     keys.sort_unstable();
-    if let Some(v) = final_read {
-        // After every finite return (segments with a final read have no
-        // infinite ones).
-        let i = steps.len();
-        steps.push((Step::Read(v), true));
-        keys.push((false, u64::MAX, false, i));
-        keys.push((false, u64::MAX, true, i));
-    }
-    let n_ops = steps.len();
     let n = keys.len();
-    let mut call_of = vec![0usize; n_ops];
-    let mut ret_of = vec![0usize; n_ops];
-    for (pos, &(_, _, is_ret, op)) in keys.iter().enumerate() {
+    let mut call_of = vec![0usize; ops.len()];
+    let mut ret_of = vec![0usize; ops.len()];
+    for (pos, &(_, _, is_ret, _, op)) in keys.iter().enumerate() {
         if is_ret {
             ret_of[op] = pos;
         } else {
@@ -491,7 +605,7 @@ fn search(
     }
     let entries: Vec<Entry> = keys
         .iter()
-        .map(|&(_, _, is_ret, op)| Entry {
+        .map(|&(_, _, is_ret, _, op)| Entry {
             op,
             is_call: !is_ret,
             partner: if is_ret { call_of[op] } else { ret_of[op] },
@@ -504,42 +618,68 @@ fn search(
     let mut prev: Vec<usize> = Vec::with_capacity(n + 1);
     prev.push(head);
     prev.extend(0..n);
-    next[n] = 0;
-    prev[n] = n.saturating_sub(1);
     if n == 0 {
-        next[n] = head;
-        prev[n] = head;
+        next[head] = head;
+        prev[head] = head;
     } else {
+        next[head] = 0;
+        prev[head] = n - 1;
         next[n - 1] = head;
     }
 
-    let mut remaining = steps.iter().filter(|s| s.1).count();
+    let mut remaining = ops.iter().filter(|o| o.required).count();
     if remaining == 0 {
         return SearchResult::Linearized;
     }
-    let mut words = vec![0u64; n_ops.div_ceil(64)];
+    let mut bits = Bits::new(ops.len());
     let mut memo: HashSet<Memo> = HashSet::new();
-    let mut stack: Vec<(usize, u32)> = Vec::new();
+    // (call entry, state before it, forced)
+    let mut stack: Vec<(usize, u32, bool)> = Vec::new();
     let mut state = init;
     let mut stuck: Option<(usize, BTreeSet<u32>)> = None;
-    let mut entry = next[head];
+    let mut entry = head;
+    // Whether to look for a forced observation before walking from `entry`.
+    let mut fresh = true;
     loop {
+        let mut forced = false;
+        if fresh {
+            // A required read (or non-swapping CAS) that can take effect
+            // now is linearized first, without trying alternatives: any
+            // linearization from here can be changed into one where it comes
+            // first, as it changes nothing and every operation that had to
+            // precede it is already linearized.
+            fresh = false;
+            let mut e = next[head];
+            while e != head && entries[e].is_call {
+                let o = &ops[entries[e].op];
+                if o.required
+                    && matches!(o.step, Step::Read(_) | Step::NoSwap(_))
+                    && o.step.apply(state).is_some()
+                {
+                    forced = true;
+                    break;
+                }
+                e = next[e];
+            }
+            entry = if forced { e } else { next[head] };
+        }
         if entry == head {
             // Unreachable: an unlinearized required operation's return
             // always stops the walk first.
             return SearchResult::Linearized;
         }
         let e = entries[entry];
+        let mut backtrack = !e.is_call;
         if e.is_call {
-            let (step, required) = steps[e.op];
-            if let Some(new_state) = step.apply(state) {
-                words[e.op / 64] |= 1 << (e.op % 64);
-                if memo.insert(Memo::new(&words, new_state)) {
+            let o = &ops[e.op];
+            if let Some(new_state) = o.step.apply(state) {
+                bits.set(e.op);
+                if memo.insert(bits.memo(new_state)) {
                     budget.used += 1;
                     if budget.used > budget.max {
                         return SearchResult::Budget;
                     }
-                    stack.push((entry, state));
+                    stack.push((entry, state, forced));
                     state = new_state;
                     // Lift the call and its return out of the list.
                     let r = e.partner;
@@ -547,20 +687,23 @@ fn search(
                     prev[next[entry]] = prev[entry];
                     next[prev[r]] = next[r];
                     prev[next[r]] = prev[r];
-                    if required {
+                    if o.required {
                         remaining -= 1;
                         if remaining == 0 {
                             return SearchResult::Linearized;
                         }
                     }
-                    entry = next[head];
+                    fresh = true;
                     continue;
                 }
-                words[e.op / 64] &= !(1 << (e.op % 64));
+                bits.clear(e.op);
             }
+            // A forced observation already explored from here: this
+            // configuration fails.
+            backtrack = forced;
             entry = next[entry];
         } else {
-            // Its operation returned without being linearized: backtrack.
+            // Its operation returned without being linearized.
             match &mut stuck {
                 Some((pos, states)) if *pos == entry => {
                     states.insert(state);
@@ -568,18 +711,23 @@ fn search(
                 Some((pos, _)) if *pos > entry => {}
                 _ => stuck = Some((entry, BTreeSet::from([state]))),
             }
-            let Some((call, old_state)) = stack.pop() else {
+        }
+        if !backtrack {
+            continue;
+        }
+        // Undo the last choice; after a forced one, the one before it too.
+        loop {
+            let Some((call, old_state, was_forced)) = stack.pop() else {
                 let (pos, states) = stuck.unwrap_or_default();
                 return SearchResult::Stuck {
-                    pos,
                     op: entries.get(pos).map_or(0, |e| e.op),
                     states,
                 };
             };
             let c = entries[call];
-            words[c.op / 64] &= !(1 << (c.op % 64));
+            bits.clear(c.op);
             state = old_state;
-            if steps[c.op].1 {
+            if ops[c.op].required {
                 remaining += 1;
             }
             // Relink the return, then the call.
@@ -589,6 +737,9 @@ fn search(
             next[prev[call]] = call;
             prev[next[call]] = call;
             entry = next[call];
+            if !was_forced {
+                break;
+            }
         }
     }
 }
@@ -597,29 +748,42 @@ fn search(
 fn check_key_ops(key: &str, ops: &[&Op], config: &CheckerConfig) -> KeyReport {
     let started = Instant::now();
     let mut interner = Interner::new();
-    let sops = prepare(ops, &mut interner);
-    let segs = segments(&sops);
     let mut budget = Budget {
         used: 0,
         max: config.max_states,
     };
-    let verdict = check_segments(key, ops, &sops, &segs, &interner, config, &mut budget);
+    // First without the unobserved unknown mutations (a linearization
+    // without them is final); if that fails, with them.
+    let sops = prepare(ops, &mut interner, true);
+    let mut segs = segments(&sops);
+    let mut verdict = check_segments(key, ops, &sops, &segs, &interner, config, &mut budget);
+    let mut searched = (sops.len(), segs.len());
+    let all;
+    if !verdict.is_linearizable() {
+        all = prepare(ops, &mut interner, false);
+        if all.len() > sops.len() {
+            segs = segments(&all);
+            budget.max = budget.used.saturating_add(config.max_states);
+            verdict = check_segments(key, ops, &all, &segs, &interner, config, &mut budget);
+            searched = (all.len(), segs.len());
+        }
+    }
     KeyReport {
         key: key.to_string(),
         verdict,
-        ops: sops.len(),
-        segments: segs.len(),
+        ops: searched.0,
+        segments: searched.1,
         states: budget.used,
         elapsed: started.elapsed(),
     }
 }
 
-fn budget_exceeded(key: &str, budget: &Budget, seg: &[SOp<'_>]) -> Verdict {
+fn budget_exceeded(key: &str, config: &CheckerConfig, seg: &[SOp<'_>]) -> Verdict {
     let from = seg.first().map_or(0, |o| o.call);
     Verdict::Unknown {
         reason: format!(
             "key {key}: search budget of {} configurations exceeded in the {} operations from {}",
-            budget.max,
+            config.max_states,
             seg.len(),
             fmt_time(from)
         ),
@@ -630,86 +794,32 @@ fn check_segments(
     key: &str,
     all_ops: &[&Op],
     sops: &[SOp<'_>],
-    segs: &[&[SOp<'_>]],
+    segs: &[Segment<'_, '_>],
     interner: &Interner,
     config: &CheckerConfig,
     budget: &mut Budget,
 ) -> Verdict {
-    // Possible register values at the start of the current segment.
-    let mut initial: BTreeSet<u32> = BTreeSet::from([0]);
-    for (si, seg) in segs.iter().enumerate() {
-        if si + 1 < segs.len() {
-            // Values a last mutation of the segment may leave, or (no
-            // mutation) the initial values.
-            let max_mut_call = seg
-                .iter()
-                .filter(|o| o.step.written().is_some())
-                .map(|o| o.call)
-                .max();
-            let candidates: BTreeSet<u32> = match max_mut_call {
-                Some(m) => seg
-                    .iter()
-                    .filter(|o| o.ret.is_none_or(|r| r >= m))
-                    .filter_map(|o| o.step.written())
-                    .collect(),
-                None => initial.clone(),
-            };
-            let mut reachable = BTreeSet::new();
-            for &v in &candidates {
-                for &s in &initial {
-                    match search(seg, s, Some(v), budget) {
-                        SearchResult::Linearized => {
-                            reachable.insert(v);
-                            break;
-                        }
-                        SearchResult::Budget => return budget_exceeded(key, budget, seg),
-                        SearchResult::Stuck { .. } => {}
-                    }
+    // The register's value at the start of the current segment.
+    let mut state = 0;
+    for seg in segs {
+        match search(seg.ops, state, budget) {
+            SearchResult::Linearized => {
+                if let Some(end) = seg.end {
+                    state = end;
                 }
             }
-            if !reachable.is_empty() {
-                initial = reachable;
-                continue;
-            }
-        }
-        // The last segment, or one that cannot end in any value: search it
-        // alone from every possible initial value.
-        let mut worst: Option<(usize, usize, BTreeSet<u32>)> = None;
-        for &s in &initial {
-            match search(seg, s, None, budget) {
-                SearchResult::Linearized => {
-                    if si + 1 == segs.len() {
-                        return Verdict::Linearizable;
-                    }
+            SearchResult::Budget => return budget_exceeded(key, config, seg.ops),
+            SearchResult::Stuck { op, states } => {
+                let Some(failed) = seg.ops.get(op) else {
                     return Verdict::Unknown {
-                        reason: format!(
-                            "key {key}: internal error: the segment from {} is linearizable \
-                             but ends in no value a last mutation leaves",
-                            seg.first().map_or(String::new(), |o| fmt_time(o.call))
-                        ),
+                        reason: format!("key {key}: internal error: stuck at no operation"),
                     };
-                }
-                SearchResult::Budget => return budget_exceeded(key, budget, seg),
-                SearchResult::Stuck { pos, op, states } => match &mut worst {
-                    Some((p, _, st)) if *p == pos => st.extend(states),
-                    Some((p, _, _)) if *p > pos => {}
-                    _ => worst = Some((pos, op, states)),
-                },
+                };
+                return Verdict::NotLinearizable(Box::new(violation(
+                    key, all_ops, sops, failed, &states, interner, config,
+                )));
             }
         }
-        let Some((_, op, states)) = worst else {
-            return Verdict::Unknown {
-                reason: format!("key {key}: no initial value to search from"),
-            };
-        };
-        let Some(failed) = seg.get(op) else {
-            return Verdict::Unknown {
-                reason: format!("key {key}: internal error: stuck at no operation"),
-            };
-        };
-        return Verdict::NotLinearizable(Box::new(violation(
-            key, all_ops, sops, failed, &states, interner, config,
-        )));
     }
     Verdict::Linearizable
 }
@@ -729,7 +839,9 @@ fn violation(
     config: &CheckerConfig,
 ) -> Violation {
     let op = failed.op.clone();
-    let end = op.complete.unwrap_or(u64::MAX);
+    // When it had to take effect by: its completion, or for an unknown
+    // mutation whose value was observed, that observation's completion.
+    let end = failed.ret.or(op.complete).unwrap_or(u64::MAX);
     let possible: Vec<Option<String>> = states.iter().map(|&s| interner.value(s)).collect();
     let prefix_len = sops.iter().filter(|o| o.call <= end).count();
     let set = fmt_set(&possible);
@@ -763,6 +875,18 @@ fn violation(
                 fmt_value(v.as_deref())
             )
         }
+        (OpKind::Cas { expected, .. }, Outcome::Unknown) => format!(
+            "its outcome is unknown but its new value was observed by {}, so it swapped by then \
+             and the register held {}, but the only values possible by then were {set}",
+            fmt_time(end),
+            fmt_value(expected.as_deref())
+        ),
+        (OpKind::Write { .. }, Outcome::Unknown) => format!(
+            "its outcome is unknown but its value was observed by {}, so it took effect by then, \
+             yet it cannot be ordered with the operations around it; the only values possible \
+             by then were {set}",
+            fmt_time(end)
+        ),
         (OpKind::Cas { expected, .. }, Outcome::Ok(Ret::Cas(true))) => format!(
             "it swapped, so the register held {}, but the only values possible by then were {set}",
             fmt_value(expected.as_deref())
@@ -822,6 +946,7 @@ fn violation(
         ops,
         possible,
         prefix_len,
+        deadline: end,
         explanation,
     }
 }

@@ -22,6 +22,19 @@
 //! polynomial in practice. The search is bounded by
 //! [`CheckerConfig::max_states`]; past it the verdict is [`Verdict::Unknown`].
 //!
+//! Two rules keep the search small without losing completeness:
+//!
+//! * A required read (or non-swapping CAS) that can take effect in the
+//!   current state is linearized at once and no alternative is tried for it:
+//!   any linearization from that configuration can be changed into one where
+//!   it comes first (it changes nothing, and everything that had to precede
+//!   it already has). When the search backtracks over it, it backtracks over
+//!   the choice before it too.
+//! * The checker first searches without the unknown mutations nobody
+//!   observed (their value was never read nor expected by a swapping CAS).
+//!   Leaving them out is the same as them never taking effect, so success is
+//!   final; otherwise the search is repeated with them.
+//!
 //! # Outcomes
 //!
 //! * `Ok` operations must take effect between their invoke and completion.
@@ -30,34 +43,39 @@
 //!   or never: their return is at +infinity and the search succeeds once
 //!   every `Ok` operation is linearized, whether or not they are. An unknown
 //!   CAS swaps if the register holds its expected value when it is placed.
-//!   `Unknown` reads observed nothing and are dropped.
+//!   If an unknown mutation is the only operation (not failed) that may write
+//!   its value and that value was observed, it certainly took effect before
+//!   the first observation completed: it becomes required, with that
+//!   completion as its deadline (a CAS so observed swapped).
+//! * `Unknown` reads observed nothing and are dropped.
 //! * A read `Ok(v)` needs the register to hold `v`; a CAS `Ok(true)` needs
 //!   `expected` and sets `new`; a CAS `Ok(false)` needs a value other than
 //!   `expected` and changes nothing.
 //!
 //! # Cut points
 //!
-//! A key's history is split where no operation is pending (every operation
-//! invoked before the cut completed before every operation after it; an
-//! unknown operation is pending forever, so there is no cut after one). Any
-//! linearization respects such a cut, but the register's value at the cut
-//! is not unique (concurrent writes before it may end in either order), so
-//! the checker carries the *set* of possible values across: for a segment it
-//! tries each value a last mutation of the segment could leave (a write or
-//! swap that no other mutation of the segment started after), by searching
-//! the segment followed by a virtual read of that value, from each possible
-//! initial value. The last segment is searched from each possible initial
-//! value. This is exact, and keeps each search's bitset small.
+//! A key's history is split into segments searched one after the other
+//! where no operation spans the cut (every operation invoked before it
+//! completed before every operation after it; an unknown operation is
+//! pending forever, so there is no cut after one) *and* the register's
+//! value there is determined: at most one mutation of the segment may be
+//! its last, i.e. no other mutation of the segment started after it
+//! completed (with two concurrent last writes, either may be the value at
+//! the cut, so the segment continues). Any linearization respects such a
+//! cut, and the next segment starts from that mutation's value (or, with no
+//! mutation, from the value the segment started with). Besides the cuts, the
+//! memoised bitset drops its leading all-linearized words, so the memo stays
+//! small even in long segments.
 //!
 //! # Violations
 //!
-//! When a segment cannot be linearized from any possible initial value, the
-//! report names the first operation that cannot be placed: the search
-//! records the furthest return entry at which it had to backtrack; the
-//! history up to that return (operations still pending there being
-//! optional) is the smallest prefix with no linearization, and that entry's
-//! operation is the one that does not fit. The values the register could
-//! hold when the search got stuck there are reported with it.
+//! When a segment cannot be linearized, the report names the first
+//! operation that cannot be placed: the search records the furthest return
+//! entry at which it had to backtrack; the history up to that return
+//! (operations still pending there being optional) is the smallest prefix
+//! with no linearization, and that entry's operation is the one that does
+//! not fit. The values the register could hold when the search got stuck
+//! there are reported with it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;

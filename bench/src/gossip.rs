@@ -1,10 +1,11 @@
-//! `bench gossip --agents N`: N client agents on 127.0.1.1 … 127.0.1.N.
+//! `bench gossip --agents N [--servers S]`: N agents on 127.0.1.1 … 127.0.1.N, the first
+//! S (default 3) of them servers forming one Raft cluster, the others client agents.
 //!
 //! Measures: the time until every agent sees N alive; after `kill -9` of one, the time
 //! until every other agent marks it failed; false alarms (any other member ever marked
 //! suspect or failed, read from the agents' logs); the time for a user event to reach
 //! every agent (each agent's `/v1/event/stream` reports when it got it); resident memory
-//! per agent.
+//! per client agent and per server. The agent killed is a client agent.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ pub struct GossipArgs {
     /// Number of agent processes (at most 250).
     #[arg(long, default_value_t = 50)]
     agents: u8,
+    /// How many of them are servers (the first ones; at least 2 agents must be clients).
+    #[arg(long, default_value_t = 3)]
+    servers: u8,
     /// Bound on each phase, in seconds.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
@@ -36,6 +40,9 @@ const EVENTS: usize = 20;
 pub async fn run(args: GossipArgs) -> anyhow::Result<()> {
     if !(2..=250).contains(&args.agents) {
         bail!("--agents must be between 2 and 250");
+    }
+    if args.agents.saturating_sub(args.servers) < 2 {
+        bail!("--servers must leave at least 2 client agents");
     }
     let mut cluster = Cluster::new(agent_binary()?)?;
     let result = tokio::select! {
@@ -56,12 +63,22 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
         .build()?;
     let ip = |i: usize| IpAddr::from([127, 0, 1, i as u8]);
 
+    let servers = args.servers as usize;
     let first_spawn = Instant::now();
-    cluster.start_client("node-001", ip(1), None)?;
+    let name = |i: usize| format!("node-{i:03}");
+    if servers > 0 {
+        cluster.start_server(&name(1), ip(1), None, servers as u32)?;
+    } else {
+        cluster.start_client(&name(1), ip(1), None)?;
+    }
     wait_http(&http, &cluster.agents[0], limit).await?;
     let seed = cluster.agents[0].lan;
     for i in 2..=n {
-        cluster.start_client(&format!("node-{i:03}"), ip(i), Some(seed))?;
+        if i <= servers {
+            cluster.start_server(&name(i), ip(i), Some(seed), servers as u32)?;
+        } else {
+            cluster.start_client(&name(i), ip(i), Some(seed))?;
+        }
     }
     let all_spawned = Instant::now();
 
@@ -86,11 +103,11 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     }
     let converge = all_spawned.elapsed();
     let converge_from_first = first_spawn.elapsed();
-    let rss: Vec<u64> = cluster
-        .agents
-        .iter()
-        .filter_map(AgentProc::rss_kib)
-        .collect();
+    let rss = |agents: &[AgentProc]| -> Vec<u64> {
+        agents.iter().filter_map(AgentProc::rss_kib).collect()
+    };
+    let server_rss = rss(&cluster.agents[..servers]);
+    let client_rss = rss(&cluster.agents[servers..]);
 
     // Phase 2: user events, one at a time, each until every agent has it.
     let event_times = event_latencies(&cluster.agents, limit).await?;
@@ -130,8 +147,11 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
     progress("");
 
     let (false_suspect, false_failed) = false_alarms(cluster, &victim.node);
-    let (rss_median, rss_max) = median_max(rss);
-    println!("bench gossip: {n} client agents on 127.0.1.1-{n}, LAN preset of the agent");
+    let (rss_median, rss_max) = median_max(client_rss);
+    println!(
+        "bench gossip: {n} agents on 127.0.1.1-{n} ({servers} servers, {} client agents), LAN preset of the agent",
+        n - servers
+    );
     println!("| measure | value |");
     println!("|---|---|");
     println!(
@@ -167,6 +187,14 @@ async fn measure(cluster: &mut Cluster, args: &GossipArgs) -> anyhow::Result<()>
         rss_median as f64 / 1024.0,
         rss_max as f64 / 1024.0
     );
+    if !server_rss.is_empty() {
+        let (median, max) = median_max(server_rss);
+        println!(
+            "| RSS per server, median / max | {:.1} / {:.1} MiB |",
+            median as f64 / 1024.0,
+            max as f64 / 1024.0
+        );
+    }
     Ok(())
 }
 

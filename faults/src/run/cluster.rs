@@ -142,8 +142,9 @@ impl Cluster {
         for i in 0..HOSTS {
             hosts.push(lab.add_host(&node_name(i), &[host_addr(i)])?);
         }
-        let mut links: Vec<Vec<Option<netlab::Link>>> =
-            (0..HOSTS).map(|_| (0..HOSTS).map(|_| None).collect()).collect();
+        let mut links: Vec<Vec<Option<netlab::Link>>> = (0..HOSTS)
+            .map(|_| (0..HOSTS).map(|_| None).collect())
+            .collect();
         for a in 0..HOSTS {
             for b in a + 1..HOSTS {
                 links[a][b] = Some(lab.link(&hosts[a], &hosts[b])?);
@@ -281,7 +282,9 @@ impl Cluster {
     /// The link between hosts `a` and `b`.
     fn link(&self, a: usize, b: usize) -> &netlab::Link {
         let (a, b) = (a.min(b), a.max(b));
-        self.links[a][b].as_ref().expect("a link joins every pair of hosts")
+        self.links[a][b]
+            .as_ref()
+            .expect("a link joins every pair of hosts")
     }
 
     /// Every link, with its two hosts.
@@ -364,7 +367,11 @@ impl Cluster {
 
     /// Waits until a leader is elected and every agent accepts a write
     /// (client agents have found the servers), at most `timeout`.
-    pub async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut ready = [false; HOSTS];
         loop {

@@ -92,8 +92,8 @@ pub async fn run_suite(config: SuiteConfig) -> anyhow::Result<SuiteResult> {
     let dir = tempfile::Builder::new().prefix("faults-").tempdir()?;
     let pki = Pki::create(&agent, &dir.path().join("certs"))?;
     let mut results = Vec::new();
-    for scenario in &config.scenarios {
-        let sdir = dir.path().join(scenario.name());
+    for (n, scenario) in config.scenarios.iter().enumerate() {
+        let sdir = dir.path().join(format!("{}-{}", n + 1, scenario.name()));
         let result = match run_scenario(*scenario, &config, &agent, &pki, &sdir).await {
             Ok(result) => result,
             Err(e) => ScenarioResult::error(*scenario, format!("{e:#}"), sdir.clone()),
@@ -188,6 +188,7 @@ async fn run_scenario(
     let mut result = checked?;
     result.fault_log = log;
     result.dir = keep;
+    result.save_violations()?;
     Ok(result)
 }
 

@@ -20,6 +20,10 @@ pub struct ScenarioResult {
     pub fault_reads: (usize, usize),
     /// Writes and CAS invoked during the fault window: (ok, all).
     pub fault_writes: (usize, usize),
+    /// The share of the clients' time during the fault window spent in
+    /// operations that did not succeed (and the back-off after them): a
+    /// time-based unavailability, as op counts over-weight fast clients.
+    pub fault_stalled: f64,
     /// Linearizability with default-mode reads (and every mutation).
     pub default: Option<Verdict>,
     /// Linearizability with consistent reads (and every mutation).
@@ -42,6 +46,7 @@ impl ScenarioResult {
             ops: Counts::default(),
             fault_reads: (0, 0),
             fault_writes: (0, 0),
+            fault_stalled: 0.0,
             default: None,
             consistent: None,
             lost: None,
@@ -100,12 +105,13 @@ impl ScenarioResult {
             None => "not checked".to_string(),
         };
         let mut out = format!(
-            "scenario {name}: ops ok/fail/unknown = {}/{}/{}; during fault: reads {}, writes {}; default reads: {}; consistent reads: {}; lost writes: {}",
+            "scenario {name}: ops ok/fail/unknown = {}/{}/{}; during fault: reads {}, writes {}, clients stalled {:.0}% of the time; default reads: {}; consistent reads: {}; lost writes: {}",
             self.ops.ok,
             self.ops.fail,
             self.ops.unknown,
             pct(self.fault_reads),
             pct(self.fault_writes),
+            100.0 * self.fault_stalled,
             short(&self.default),
             short(&self.consistent),
             self.lost_writes(),
@@ -115,9 +121,19 @@ impl ScenarioResult {
         }
         for (mode, verdict) in [("default", &self.default), ("consistent", &self.consistent)] {
             if let Some(Verdict::NotLinearizable(v)) = verdict {
-                let _ = write!(out, "\n  {mode} reads violation:\n");
-                for line in v.to_string().lines() {
-                    let _ = writeln!(out, "    {line}");
+                let _ = write!(out, "\n  {mode} reads violation:");
+                let text = v.to_string();
+                let lines: Vec<&str> = text.lines().collect();
+                for line in lines.iter().take(VIOLATION_LINES) {
+                    let _ = write!(out, "\n    {line}");
+                }
+                if lines.len() > VIOLATION_LINES {
+                    let _ = write!(
+                        out,
+                        "\n    ... {} more lines in {}",
+                        lines.len() - VIOLATION_LINES,
+                        self.dir.join(format!("violation-{mode}.txt")).display()
+                    );
                 }
             }
         }
@@ -134,6 +150,29 @@ impl ScenarioResult {
             );
         }
         out
+    }
+}
+
+/// How many lines of a violation report are printed (all are saved).
+const VIOLATION_LINES: usize = 24;
+
+impl ScenarioResult {
+    /// Writes each violation's full report to `<dir>/violation-<mode>.txt`.
+    pub fn save_violations(&self) -> std::io::Result<()> {
+        for (mode, verdict) in [("default", &self.default), ("consistent", &self.consistent)] {
+            if let Some(Verdict::NotLinearizable(v)) = verdict {
+                std::fs::write(
+                    self.dir.join(format!("violation-{mode}.txt")),
+                    v.to_string(),
+                )?;
+            }
+        }
+        if let Some(lost) = &self.lost
+            && !lost.ok()
+        {
+            std::fs::write(self.dir.join("lost-writes.txt"), lost.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -196,6 +235,32 @@ fn window(history: &History, from: u64, to: u64, pick: impl Fn(&OpKind) -> bool)
     (ok, all)
 }
 
+/// The share of the clients' time in `[from, to]` spent in operations that
+/// did not succeed, plus the workload's back-off after each.
+fn stalled(history: &History, from: u64, to: u64) -> f64 {
+    if to <= from {
+        return 0.0;
+    }
+    let backoff = u64::try_from(super::workload::BACKOFF.as_nanos()).unwrap_or(0);
+    let mut clients = std::collections::BTreeSet::new();
+    let mut lost: u64 = 0;
+    for op in &history.ops {
+        let end = op.complete.unwrap_or(to);
+        if end < from || op.invoke > to {
+            continue;
+        }
+        clients.insert(op.client);
+        if !op.outcome.is_ok() {
+            let (a, b) = (op.invoke.max(from), end.saturating_add(backoff).min(to));
+            lost += b.saturating_sub(a);
+        }
+    }
+    if clients.is_empty() {
+        return 0.0;
+    }
+    (lost as f64 / (clients.len() as f64 * (to - from) as f64)).min(1.0)
+}
+
 /// Checks a history: both read modes' linearizability and lost writes;
 /// availability over the fault window `[fault_start, fault_end]` (ns).
 pub fn check_history(
@@ -216,6 +281,7 @@ pub fn check_history(
             matches!(k, OpKind::Read { .. })
         }),
         fault_writes: window(history, fault_start, fault_end, OpKind::is_mutation),
+        fault_stalled: stalled(history, fault_start, fault_end),
         default: Some(default),
         consistent: Some(consistent),
         lost: Some(lost),

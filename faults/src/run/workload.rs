@@ -54,7 +54,7 @@ use crate::{OpKind, Outcome, ReadMode, Recorder, Ret};
 /// for mutations, `Fail` for reads).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after an operation that did not succeed.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// The keys (registers) of the workload.
 pub fn keys(n: usize) -> Vec<String> {

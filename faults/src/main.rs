@@ -94,10 +94,17 @@ fn main() -> ExitCode {
     };
     // On Ctrl-C the suite's future is dropped, and with it the running
     // scenario's lab: agents killed, namespaces deleted.
+    // SIGTERM (e.g. a CI job's timeout) does the same.
     let result: anyhow::Result<SuiteResult> = runtime.block_on(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => return Err(anyhow::anyhow!("installing a SIGTERM handler: {e}")),
+            };
         tokio::select! {
             result = run_suite(config) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; everything torn down")),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (SIGINT); everything torn down")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM); everything torn down")),
         }
     });
     match result {

@@ -1,6 +1,6 @@
 //! Fault-injection tooling for the agent mesh.
 //!
-//! This part is pure (no I/O besides saving and loading histories):
+//! The checking part is pure (no I/O besides saving and loading histories):
 //!
 //! * [`history`]: the operations a workload's clients did on registers
 //!   (keys) — reads of each consistency mode, writes, compare-and-sets —
@@ -14,6 +14,9 @@
 //! * [`lost`]: the lost-write check (every acknowledged write is observed or
 //!   overwritten later).
 //! * [`summary`]: counts per kind and outcome.
+//!
+//! [`run`] is the runner: a five-agent cluster in network namespaces, a
+//! recorded workload and fault scenarios (the `faults` binary; needs root).
 //!
 //! A typical use after a run:
 //!
@@ -33,6 +36,7 @@
 pub mod checker;
 pub mod history;
 pub mod lost;
+pub mod run;
 pub mod summary;
 
 pub use checker::{CheckerConfig, KeyReport, Report, Verdict, Violation, check, check_key};

@@ -10,49 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The agent binary next to this one, (re)built with cargo first so that it is never
-/// older than the source; without cargo, the one that is there.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating the bench binary")?;
-    let dir = me.parent().context("the bench binary has no directory")?;
-    let agent = dir.join("agent");
-    if std::env::var_os("CARGO").is_none() && agent.exists() {
-        return Ok(agent);
-    }
-    let profile = if dir.ends_with("release") {
-        "--release"
-    } else {
-        "--profile=dev"
-    };
-    eprintln!("building the agent ({profile}) if it changed...");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    // `cargo run` describes the bench package in the environment (CARGO_PKG_NAME, ...);
-    // build scripts that watch those variables (ring's) would otherwise rebuild on every
-    // run, and again in the next plain build.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-            || name == "CARGO_PRIMARY_PACKAGE"
-        {
-            cargo.env_remove(name.as_ref());
-        }
-    }
-    let status = cargo
-        .args(["build", profile, "-p", "agent"])
-        .status()
-        .context("running cargo build -p agent")?;
-    if !status.success() || !agent.exists() {
-        bail!("could not build the agent binary at {}", agent.display());
-    }
-    Ok(agent)
-}
+/// The agent binary, found (or built) as the fault suite finds it.
+pub use faults::run::agent_binary;
 
 /// One agent process.
 pub struct AgentProc {

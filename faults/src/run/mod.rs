@@ -232,9 +232,7 @@ pub fn recheck(path: &Path) -> anyhow::Result<ScenarioResult> {
 /// of its `deps` directory) in the cargo target directory, (re)built with
 /// `cargo build -p agent` in the same profile when run under cargo (so that
 /// it is never older than the source); without cargo, the one that is there.
-///
-/// `bench` has its own copy of this logic (`bench::cluster::agent_binary`);
-/// sharing it would make one tool crate depend on the other.
+/// `bench` uses it too.
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating the running executable")?;
     let mut dir = me.parent().context("the executable has no directory")?;
